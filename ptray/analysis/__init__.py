@@ -1,0 +1,1 @@
+"""Stability analysis over per-seed results: statistics (``stats``) and figures (``plots``)."""
