@@ -1,0 +1,78 @@
+"""`ptray` command line. Heavy libraries are imported inside the commands, so `--help` stays instant."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _offline_defaults() -> None:
+    # Nothing reaches a hub unless the user says so: offline aliases and local data work without a network.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
+def cmd_train(args) -> int:
+    from ptray.config import load_config
+    from ptray.core.train import RESULT_FILE, prepare, train
+
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
+    cfg = load_config(args.config, overrides)
+    out = Path(args.output or f"outputs/{Path(args.config).stem}/seed{cfg.train.seed}")
+    existing = out / RESULT_FILE
+    if existing.exists() and not args.overwrite:
+        raise SystemExit(
+            f"error: {existing} already holds a finished result; pass --overwrite to replace it or --output to write elsewhere"
+        )
+    prepared = prepare(cfg)
+    result = train(cfg, out, prepared=prepared)
+    _print_result(result, out)
+    return 0 if result["status"] == "ok" else 1
+
+
+def _print_result(result: dict, out: Path) -> None:
+    if result["status"] != "ok":
+        print(f"seed {result['seed']}: FAILED: {result['reason']}  ({out / 'result.json'})")
+        return
+    sel = ", ".join(f"{k}={v:.4f}" for k, v in (result["selection_metrics"] or {}).items())
+    rep = ", ".join(f"{k}={v:.4f}" for k, v in result["report_metrics"].items())
+    print(f"seed {result['seed']}: best step {result['best_step']}/{result['steps']}  "
+          f"{result['selection_split']}: {sel}  |  {result['report_split']}: {rep}")
+    print(f"trainable params {result['trainable_params']:,}  total {result['timings']['total_s']:.1f}s  -> {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ptray", description="Seed-robust prompt tuning of frozen language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one (config, seed) in this process")
+    p.add_argument("config", help="experiment YAML (see experiments/)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.lr=0.01 method.num_tokens=10")
+    p.add_argument("--seed", type=int, help="overrides train.seed")
+    p.add_argument("--output", help="output folder (default outputs/<config>/seed<N>)")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished result in the output folder")
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _offline_defaults()
+    from ptray.config import ConfigError
+
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

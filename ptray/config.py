@@ -1,0 +1,200 @@
+"""Typed, validated experiment configs: YAML file + ``key.sub=value`` overrides.
+
+Every error names the key, the value given and what is allowed, and is raised before any model loads.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message says which key is wrong and how to fix it."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are typos more often than not: refuse them.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def default_data_dir() -> str:
+    # The FewGLUE folder sits beside the project at ../shared/data here; PTRAY_DATA_DIR points elsewhere.
+    return os.environ.get("PTRAY_DATA_DIR", "../shared/data/superglue")
+
+
+class TaskConfig(_Strict):
+    name: str = "rte"
+    data_dir: str = Field(default_factory=default_data_dir)
+    train_split: str = "train"
+    selection_split: str = "dev32"
+    report_split: str = "val"
+    max_seq_length: int = Field(256, ge=8)
+    # Caps for quick runs and tests; None uses the whole split.
+    max_train_examples: int | None = Field(None, ge=1)
+    max_eval_examples: int | None = Field(None, ge=1)
+    # Custom tasks (name: custom): files per split, the text fields, the label column and label set.
+    data_files: dict[str, str] | None = None
+    text_fields: list[str] | None = None
+    label_column: str = "label"
+    labels: list[str] | None = None
+    label_words: list[str] | None = None
+    # Hub datasets (name: hub): datasets.load_dataset(dataset, subset); splits are the hub's split names.
+    dataset: str | None = None
+    subset: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        from ptray.core.tasks import TASKS
+
+        key = v.lower()
+        if key not in TASKS:
+            raise ValueError(f"unknown task {v!r}; allowed: {', '.join(sorted(TASKS))}")
+        return key
+
+
+class ModelConfig(_Strict):
+    # An offline alias (minilm, smollm2-135m), a local folder, or a hub name where a network exists.
+    name: str = "minilm"
+    family: Literal["auto", "encoder", "causal", "seq2seq"] = "auto"
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    # Frozen backbones run in eval mode (dropout off) unless asked otherwise.
+    dropout: bool = False
+    # Encoders: how the classification head reads the sequence.
+    pooling: Literal["mean", "cls"] = "mean"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class TrainConfig(_Strict):
+    epochs: float | None = Field(None, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(16, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    optimizer: Literal["adamw", "adafactor"] = "adamw"
+    lr: float = Field(0.03, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    eval_every: int = Field(20, ge=1)
+    # Stop after this many evaluations without improvement of the selection metric; None disables.
+    early_stopping_patience: int | None = Field(None, ge=1)
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    # A loss above this (or NaN/inf) ends the seed as failed: diverged.
+    max_loss: float = Field(100.0, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _length(self) -> "TrainConfig":
+        if self.epochs is None and self.max_steps is None:
+            self.epochs = 10
+        return self
+
+
+class MethodConfig(_Strict):
+    """Base of every prompt method's config; `name` picks the entry in ptray.core.methods.METHODS."""
+
+    name: str = "vanilla"
+
+    def added_positions(self) -> int:
+        """How many positions the method adds to the input sequence (checked against the model's limit)."""
+        return int(getattr(self, "num_tokens", 0))
+
+
+class ExperimentConfig(_Strict):
+    task: TaskConfig = TaskConfig()
+    model: ModelConfig = ModelConfig()
+    method: MethodConfig = MethodConfig()
+    train: TrainConfig = TrainConfig()
+    # Sections read by other layers (ptray tune, tracking); the training core ignores them.
+    tune: dict[str, Any] | None = None
+    tracking: dict[str, Any] | None = None
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, v: Any) -> MethodConfig:
+        from ptray.core.methods import METHODS
+
+        if isinstance(v, MethodConfig):
+            v = v.model_dump()
+        if not isinstance(v, dict):
+            raise ValueError(f"must be a mapping with a 'name' key, got {v!r}")
+        name = str(v.get("name", "vanilla")).lower()
+        if name not in METHODS:
+            raise ValueError(f"unknown method {name!r}; allowed: {', '.join(sorted(METHODS))}")
+        return METHODS[name].config_class.model_validate({**v, "name": name})
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see the docs of this section for the allowed keys)"
+        given = e.get("input")
+        shown = "" if isinstance(given, dict) or e["type"] in ("extra_forbidden", "missing") else f" (got {given!r})"
+        lines.append(f"  {key}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def _parse_value(text: str) -> Any:
+    # YAML scalars: 1e-3 -> float, true -> bool, [0,1] -> list, null -> None.
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and _looks_like_float(value):
+        return float(value)
+    return value
+
+
+def _looks_like_float(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value (for example train.lr=0.01)")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = _parse_value(raw)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(data).__name__}")
+        source = str(path)
+    data = apply_overrides(data, list(overrides or []))
+    return config_from_dict(data, source)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "dict") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None

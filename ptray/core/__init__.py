@@ -1,0 +1,1 @@
+"""The training core: tasks, backbones, prompt methods and the train/eval loop. No Ray, no MLflow."""

@@ -1,0 +1,135 @@
+"""Examples -> token ids -> padded batches.
+
+Each example becomes one row (classification) or one row per option (multiple choice). Batches are padded to
+their own longest row, not to a fixed length: short tasks do not pay for the longest example.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ptray.core.tasks import Example, Task
+
+
+@dataclass
+class Encoded:
+    """One example as model input: `rows` of token ids; for LMs, which tokens of each row are the target."""
+
+    rows: list[list[int]]
+    label: int
+    token_type_ids: list[list[int]] | None = None
+    # causal multiple choice: number of target tokens at the end of each row
+    target_lengths: list[int] | None = None
+    # seq2seq multiple choice: decoder target ids per row
+    decoder_targets: list[list[int]] | None = None
+
+
+@dataclass
+class Encoder:
+    """Turns a task's examples into `Encoded` for one backbone family and tokenizer."""
+
+    task: Task
+    tokenizer: object
+    family: str
+    max_length: int
+    label_token_ids: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        words = self.task.get_label_words()
+        if self.family != "encoder" and words is not None:
+            # Score the first token of each label word, as PET/LM-BFF do; distinct first tokens are required.
+            ids = [self.tokenizer(" " + w if self.family == "causal" else w, add_special_tokens=False)["input_ids"][0] for w in words]
+            if len(set(ids)) != len(ids):
+                raise ValueError(
+                    f"task {self.task.name}: label words {words} share a first token under this tokenizer; "
+                    f"set task.label_words to words that start differently"
+                )
+            self.label_token_ids = ids
+
+    def encode(self, ex: Example) -> Encoded:
+        return getattr(self, f"_{self.family}")(ex)
+
+    def _encoder(self, ex: Example) -> Encoded:
+        tok = self.tokenizer
+        if ex.choices is None:
+            pairs = [(ex.text_a, ex.text_b)]
+        else:
+            # ReCoRD fills the query's placeholder with each candidate; COPA pairs the premise with each choice.
+            pairs = [(ex.text_a, ex.text_b.replace("@placeholder", c) if ex.text_b else c) for c in ex.choices]
+        rows, types = [], []
+        for a, b in pairs:
+            enc = tok(a, b, truncation=True, max_length=self.max_length, return_token_type_ids=True)
+            rows.append(enc["input_ids"])
+            types.append(enc.get("token_type_ids") or [0] * len(enc["input_ids"]))
+        return Encoded(rows, ex.label, token_type_ids=types)
+
+    def _source_ids(self, ex: Example, budget: int) -> list[int]:
+        ids = self.tokenizer(ex.lm_source, add_special_tokens=True)["input_ids"]
+        if self.family == "causal" and ids and ids[-1] == self.tokenizer.eos_token_id:
+            ids = ids[:-1]
+        # Keep the end: the question and "Answer:" cue sit there; the passage's start is what gets cut.
+        return ids[-budget:] if len(ids) > budget else ids
+
+    def _causal(self, ex: Example) -> Encoded:
+        if ex.choices is None:
+            return Encoded([self._source_ids(ex, self.max_length)], ex.label)
+        rows, lengths = [], []
+        for c in ex.choices:
+            target = self.tokenizer(" " + c, add_special_tokens=False)["input_ids"][: self.max_length // 2]
+            rows.append(self._source_ids(ex, self.max_length - len(target)) + target)
+            lengths.append(len(target))
+        return Encoded(rows, ex.label, target_lengths=lengths)
+
+    def _seq2seq(self, ex: Example) -> Encoded:
+        source = self._source_ids(ex, self.max_length)
+        if ex.choices is None:
+            return Encoded([source], ex.label)
+        eos = self.tokenizer.eos_token_id
+        targets = [self.tokenizer(c, add_special_tokens=False)["input_ids"][:64] + ([eos] if eos is not None else []) for c in ex.choices]
+        return Encoded([source] * len(targets), ex.label, decoder_targets=targets)
+
+
+def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad the rows of several examples into one batch; `row_example`/`row_choice` map rows back."""
+    rows = [r for it in items for r in it.rows]
+    width = max(len(r) for r in rows)
+    n = len(rows)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        input_ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": mask,
+        "labels": torch.tensor([it.label for it in items]),
+        "row_example": torch.tensor([i for i, it in enumerate(items) for _ in it.rows]),
+        "row_choice": torch.tensor([k for it in items for k in range(len(it.rows))]),
+    }
+    if items[0].token_type_ids is not None:
+        tt = torch.zeros((n, width), dtype=torch.long)
+        for i, t in enumerate(t for it in items for t in it.token_type_ids):
+            tt[i, : len(t)] = torch.tensor(t)
+        batch["token_type_ids"] = tt
+    if items[0].target_lengths is not None:
+        target = torch.zeros((n, width), dtype=torch.bool)
+        for i, (r, k) in enumerate(zip(rows, (k for it in items for k in it.target_lengths))):
+            target[i, len(r) - k : len(r)] = True
+        batch["target_mask"] = target
+    if items[0].decoder_targets is not None:
+        targets = [t for it in items for t in it.decoder_targets]
+        tw = max(len(t) for t in targets)
+        dec = torch.full((n, tw), -100, dtype=torch.long)
+        for i, t in enumerate(targets):
+            dec[i, : len(t)] = torch.tensor(t)
+        batch["decoder_targets"] = dec
+    return batch
+
+
+def batches(items: list[Encoded], batch_size: int, pad_id: int, order: list[int] | None = None):
+    """Yield (indices, batch) over `items` in `order` (default: as given)."""
+    order = list(range(len(items))) if order is None else order
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        yield idx, collate([items[i] for i in idx], pad_id)

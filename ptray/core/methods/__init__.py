@@ -1,0 +1,9 @@
+"""Prompt methods by the name used in YAML (`method.name`). Adding a method is adding a module and a line here."""
+from ptray.core.methods.base import BackboneInfo, PromptMethod, Prompted
+from ptray.core.methods.vanilla import VanillaPrompt
+
+METHODS: dict[str, type[PromptMethod]] = {
+    "vanilla": VanillaPrompt,
+}
+
+__all__ = ["METHODS", "BackboneInfo", "PromptMethod", "Prompted"]

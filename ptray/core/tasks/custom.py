@@ -1,0 +1,93 @@
+"""A classification task from your own jsonl/csv files, or from a hub dataset, declared in YAML:
+
+    task:
+      name: custom                 # or: hub (then dataset/subset name a datasets.load_dataset source)
+      data_files: {train: my/train.jsonl, dev32: my/dev.jsonl, val: my/test.csv}
+      text_fields: [premise, hypothesis]   # one or two columns
+      label_column: label
+      labels: [entailment, not_entailment]
+      label_words: ["Yes", "No"]           # optional; what an LM says for each label (default: the labels)
+"""
+from pathlib import Path
+
+from ptray.config import ConfigError
+from ptray.core.tasks.base import Example, Task
+
+
+class Custom(Task):
+    name = "custom"
+
+    def __post_init__(self):
+        c = self.config
+        missing = [k for k in ("text_fields", "labels") if not getattr(c, k)]
+        if self.needs_files() and not c.data_files:
+            missing.append("data_files")
+        if self.name == "hub" and not c.dataset:
+            missing.append("dataset")
+        if missing:
+            raise ConfigError(f"task {self.name} needs task.{', task.'.join(missing)} (see ptray/core/tasks/custom.py)")
+        if not 1 <= len(c.text_fields) <= 2:
+            raise ConfigError(f"task.text_fields must name one or two columns, got {c.text_fields}")
+        if c.label_words is not None and len(c.label_words) != len(c.labels):
+            raise ConfigError(
+                f"task.label_words has {len(c.label_words)} entries but task.labels has {len(c.labels)}; give one word per label"
+            )
+
+    def needs_files(self) -> bool:
+        return True
+
+    def get_labels(self):
+        return list(self.config.labels)
+
+    def get_label_words(self):
+        return list(self.config.label_words or self.config.labels)
+
+    def split_path(self, split):
+        files = self.config.data_files or {}
+        if split not in files:
+            raise ConfigError(f"task.data_files has no entry for split {split!r}; it has {sorted(files)}")
+        # Relative paths are read from where ptray runs, like any command-line path.
+        return Path(files[split])
+
+    def check_files(self, splits):
+        for split in splits:
+            p = self.split_path(split)
+            if not p.is_file():
+                raise ConfigError(f"task {self.name}: split file {str(p)!r} does not exist (split {split!r})")
+
+    def read_rows(self, split):
+        import datasets
+
+        path = self.split_path(split)
+        kind = "csv" if path.suffix == ".csv" else "json"
+        return datasets.load_dataset(kind, data_files=str(path), split="train").to_list()
+
+    def to_examples(self, row):
+        c = self.config
+        for f in [*c.text_fields, c.label_column]:
+            if f not in row:
+                raise ConfigError(f"task {self.name}: column {f!r} is not in the data; columns are {sorted(row)}")
+        texts = [str(row[f]) for f in c.text_fields]
+        text_b = texts[1] if len(texts) > 1 else None
+        source = "\n".join(texts) + "\nAnswer:"
+        return [Example(texts[0], text_b, self.label_index(row[c.label_column]), lm_source=source)]
+
+
+class Hub(Custom):
+    """A hub dataset by name (needs a network, or a datasets cache)."""
+
+    name = "hub"
+
+    def needs_files(self) -> bool:
+        return False
+
+    def check_files(self, splits):
+        pass
+
+    def describe_source(self, split):
+        return f"hub dataset {self.config.dataset}/{self.config.subset or ''} split {split}"
+
+    def read_rows(self, split):
+        import datasets
+
+        return datasets.load_dataset(self.config.dataset, self.config.subset, split=split).to_list()

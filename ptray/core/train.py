@@ -1,0 +1,325 @@
+"""The training recipe: one (config, seed) from data to result, readable top to bottom.
+
+    prepare(cfg)  -> validate everything cheap (task files, labels, positions, dtype) before weights load
+    train(cfg)    -> load backbone, build the prompt method, wrap in DeepSpeed, train, select, report
+
+No Ray and no MLflow here: the distributed layer calls `train` (with a `reporter` to hear about evaluations).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ptray.config import ConfigError, ExperimentConfig
+from ptray.core import backbone as bb
+from ptray.core.data import Encoder, batches
+from ptray.core.methods import METHODS, BackboneInfo
+from ptray.core.model import PromptModel
+from ptray.core.tasks import Example, Task, build_task
+from ptray.core.zero import gathered
+
+RESULT_FILE = "result.json"
+ADAPTER_FILE = "adapter.safetensors"
+
+
+class Reporter(Protocol):
+    """Hears every evaluation. `save(dir)` writes a resumable checkpoint there; return True to stop the run."""
+
+    def __call__(self, step: int, metrics: dict, save: Callable[[Path], None]) -> bool | None: ...
+
+
+class Diverged(RuntimeError):
+    pass
+
+
+@dataclass
+class Prepared:
+    cfg: ExperimentConfig
+    task: Task
+    train: list[Example]
+    selection: list[Example]
+    report: list[Example]
+    family: str
+    device: torch.device
+
+
+def prepare(cfg: ExperimentConfig) -> Prepared:
+    """Every check that needs no weights: a bad config fails here, in seconds, with the key to fix."""
+    t = cfg.task
+    task = build_task(t)
+    task.check_files(list(dict.fromkeys([t.train_split, t.selection_split, t.report_split])))
+    train = task.load(t.train_split, t.max_train_examples)
+    selection = task.load(t.selection_split, t.max_eval_examples)
+    report = task.load(t.report_split, t.max_eval_examples)
+    for role, exs in (("train", train), ("selection", selection), ("report", report)):
+        if not exs:
+            raise ConfigError(f"task {t.name}: the {role} split holds no examples")
+    hf_config = bb.load_hf_config(cfg.model)
+    family = bb.detect_family(hf_config, cfg.model.family)
+    limit = bb.max_positions(hf_config)
+    prompt_len = cfg.method.added_positions()
+    if limit is not None and prompt_len + t.max_seq_length > limit:
+        raise ConfigError(
+            f"method prompt length {prompt_len} + task.max_seq_length {t.max_seq_length} = {prompt_len + t.max_seq_length} "
+            f"exceeds the {limit} positions of model {cfg.model.name!r}; lower task.max_seq_length to {limit - prompt_len} or less"
+        )
+    device = bb.resolve_device(cfg.model.device)
+    if cfg.model.dtype == "bf16":
+        bb.check_bf16(device)
+    return Prepared(cfg, task, train, selection, report, family, device)
+
+
+def train(cfg: ExperimentConfig, output_dir: str | Path | None = None, reporter: Reporter | None = None,
+          resume_dir: str | Path | None = None, progress: bool = True, prepared: Prepared | None = None) -> dict:
+    """Train one seed. Returns (and writes to output_dir/result.json) the result, `status` ok or failed."""
+    t0 = time.perf_counter()
+    p = prepared or prepare(cfg)
+    out = Path(output_dir) if output_dir is not None else None
+    result: dict = {
+        "seed": cfg.train.seed, "status": "ok", "reason": None,
+        "task": cfg.task.name, "method": cfg.method.name, "model": cfg.model.name, "family": p.family,
+        "selection_split": cfg.task.selection_split, "report_split": cfg.task.report_split,
+        "primary_metric": p.task.primary_metric,
+        "majority_baseline": p.task.majority_baseline(p.report),
+        "config": cfg.to_dict(),
+    }
+    engine = None
+    try:
+        seed_everything(cfg.train.seed)
+        backbone = bb.load_backbone(cfg.model)
+        model = build_model(cfg, backbone, p.task)
+        model.to(p.device)
+        encoder = Encoder(p.task, backbone.tokenizer, backbone.family, cfg.task.max_seq_length)
+        model.label_token_ids = torch.tensor(encoder.label_token_ids, dtype=torch.long, device=p.device)
+        data = {role: [encoder.encode(e) for e in exs] for role, exs in
+                (("train", p.train), ("selection", p.selection), ("report", p.report))}
+        result["trainable_params"] = sum(x.numel() for x in model.parameters() if x.requires_grad)
+        t_load = time.perf_counter()
+        result["timings"] = {"load_s": t_load - t0}
+
+        world, rank = _world()
+        per_step = cfg.train.batch_size * cfg.train.grad_accum * world
+        steps_per_epoch = math.ceil(len(data["train"]) / per_step)
+        total = cfg.train.max_steps or math.ceil(cfg.train.epochs * steps_per_epoch)
+        engine = build_engine(model, cfg, total, p.device)
+        start_step = 0
+        if resume_dir is not None:
+            _, client = engine.load_checkpoint(str(resume_dir), load_module_strict=False)
+            start_step = int((client or {}).get("step", 0))
+
+        loop = TrainLoop(cfg, engine, model, p, data, encoder, total, rank, world, out, reporter, progress)
+        loop.run(start_step)
+        result.update(loop.summary())
+        result["timings"]["train_s"] = loop.train_seconds
+        result["timings"]["eval_s"] = loop.eval_seconds
+    except (Diverged, FloatingPointError) as e:
+        result.update(status="failed", reason=str(e))
+    except ConfigError:
+        raise
+    except Exception as e:  # a crashed seed is data: record it with its reason, never drop it
+        result.update(status="failed", reason=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+    finally:
+        if engine is not None:
+            from ptray.core.engine import close_engine
+
+            close_engine(engine)
+    result.setdefault("timings", {})["total_s"] = time.perf_counter() - t0
+    if out is not None and _world()[1] == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RESULT_FILE).write_text(json.dumps(result, indent=2, default=_json_default))
+    return result
+
+
+def build_model(cfg: ExperimentConfig, backbone: bb.Backbone, task: Task) -> PromptModel:
+    info = BackboneInfo(backbone.hidden_size, backbone.num_layers, backbone.num_heads, backbone.family,
+                        backbone.model.get_input_embeddings(), backbone.tokenizer)
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    method = METHODS[cfg.method.name](cfg.method, info, generator)
+    labels = task.get_labels()
+    return PromptModel(backbone, method, len(labels) if labels else None, [], cfg.model.pooling, cfg.model.dropout)
+
+
+def build_engine(model, cfg, total, device):
+    from ptray.core.engine import build_engine as _build
+
+    return _build(model, cfg.train, total, device)
+
+
+def seed_everything(seed: int) -> None:
+    from transformers import set_seed
+
+    set_seed(seed)  # python, numpy and torch: prompt init, head init and dropout
+
+
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return str(o)
+
+
+def loss_fn(model, batch) -> torch.Tensor:
+    """Cross-entropy over each example's options; the seam where regularizers add their terms."""
+    return F.cross_entropy(model(batch).float(), batch["labels"])
+
+
+class TrainLoop:
+    """The step loop, kept in one place: micro-batches -> DeepSpeed step -> periodic selection eval."""
+
+    def __init__(self, cfg, engine, model, prepared, data, encoder, total, rank, world, out, reporter, progress):
+        self.cfg, self.engine, self.model, self.p, self.data = cfg, engine, model, prepared, data
+        self.total, self.rank, self.world, self.out = total, rank, world, out
+        self.reporter, self.progress = reporter, progress and rank == 0
+        self.pad_id = encoder.tokenizer.pad_token_id
+        self.history: list[dict] = []
+        self.best = {"score": -math.inf, "step": 0, "metrics": None, "state": None}
+        self.train_seconds = self.eval_seconds = 0.0
+        self.examples_seen = 0
+        self.steps_done = 0
+
+    def micro_batches(self):
+        """Seeded epoch orders; each rank takes its own slice of every global batch."""
+        rng = np.random.default_rng(self.cfg.train.seed)
+        items = self.data["train"]
+        bs = self.cfg.train.batch_size
+        while True:
+            order = rng.permutation(len(items)).tolist()
+            mine = order[self.rank :: self.world]
+            for _, batch in batches(items, bs, self.pad_id, mine):
+                yield batch
+
+    def run(self, start_step: int = 0) -> None:
+        from tqdm.auto import tqdm
+
+        tc = self.cfg.train
+        it = self.micro_batches()
+        # Resuming skips the data already seen, so a resumed run sees what an unbroken one would.
+        for _ in range(start_step * tc.grad_accum):
+            next(it)
+        bar = tqdm(total=self.total, initial=start_step, disable=not self.progress, desc=f"seed {tc.seed}",
+                   dynamic_ncols=True)
+        patience = 0
+        step = start_step
+        t_start = time.perf_counter()
+        while step < self.total:
+            self.engine.train()
+            losses = []
+            for _ in range(tc.grad_accum):
+                batch = self._to_device(next(it))
+                loss = loss_fn(self.engine, batch)
+                value = loss.item()
+                if not math.isfinite(value) or value > tc.max_loss:
+                    raise Diverged(f"loss diverged ({value:.4g}) at step {step + 1}")
+                self.engine.backward(loss)
+                self.engine.step()
+                losses.append(value)
+                self.examples_seen += batch["labels"].shape[0] * self.world
+            step += 1
+            self.steps_done = step
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+            record = {"step": step, "loss": float(np.mean(losses)), "lr": self.engine.get_lr()[0]}
+            if step % tc.eval_every == 0 or step == self.total:
+                self.train_seconds += time.perf_counter() - t_start
+                metrics = self.evaluate("selection")
+                record["selection"] = metrics
+                score = metrics[self.p.task.primary_metric]
+                if score > self.best["score"]:
+                    self.best = {"score": score, "step": step, "metrics": metrics, "state": self._trainable_state()}
+                    patience = 0
+                else:
+                    patience += 1
+                stop = False
+                if self.reporter is not None:
+                    stop = bool(self.reporter(step, {**metrics, "loss": record["loss"]}, self._saver(step)))
+                if stop or (tc.early_stopping_patience and patience >= tc.early_stopping_patience):
+                    self.history.append(record)
+                    break
+                t_start = time.perf_counter()
+            self.history.append(record)
+        else:
+            self.train_seconds += time.perf_counter() - t_start
+        bar.close()
+        # Report on the best selection checkpoint, not the last step.
+        if self.best["state"] is not None:
+            self._load_trainable_state(self.best["state"])
+        self.report_metrics = self.evaluate("report")
+        if self.out is not None and self.rank == 0:
+            self._save_adapter()
+
+    def summary(self) -> dict:
+        return {
+            "selection_metrics": self.best["metrics"], "report_metrics": self.report_metrics,
+            "best_step": self.best["step"], "steps": self.steps_done, "history": self.history,
+            "throughput": {"train_examples_per_s": self.examples_seen / max(self.train_seconds, 1e-9)},
+        }
+
+    @torch.inference_mode()
+    def evaluate(self, role: str) -> dict:
+        t0 = time.perf_counter()
+        self.engine.eval()
+        items, examples = self.data[role], getattr(self.p, role)
+        # Longest first and sorted: batches pad little. Ranks share the work and gather the predictions.
+        order = sorted(range(len(items)), key=lambda i: -sum(len(r) for r in items[i].rows))
+        mine = order[self.rank :: self.world]
+        per_rank = math.ceil(len(order) / self.world)
+        # Under ZeRO-3 every rank must run the same number of forwards: pad the short shard with a repeat.
+        mine = mine + mine[-1:] * (per_rank - len(mine)) if mine else order[:1] * per_rank
+        preds: dict[int, int] = {}
+        for idx, batch in batches(items, self.cfg.train.eval_batch_size, self.pad_id, mine):
+            scores = self.engine(self._to_device(batch))
+            preds.update(zip(idx, scores.argmax(-1).tolist()))
+        if self.world > 1:
+            import torch.distributed as dist
+
+            shards = [None] * self.world
+            dist.all_gather_object(shards, preds)
+            preds = {k: v for s in shards for k, v in s.items()}
+        predictions = [preds[i] for i in range(len(items))]
+        metrics = self.p.task.compute_metrics(examples, predictions)
+        self.eval_seconds += time.perf_counter() - t0
+        return metrics
+
+    def _to_device(self, batch):
+        return {k: v.to(self.engine.device) for k, v in batch.items()}
+
+    def _trainable_params(self):
+        return [x for x in self.model.parameters() if x.requires_grad]
+
+    def _trainable_state(self):
+        with gathered(self._trainable_params()):
+            return {k: v.detach().cpu().clone() for k, v in self.model.trainable_state().items()}
+
+    def _load_trainable_state(self, state):
+        with gathered(self._trainable_params(), modify=True):
+            self.model.load_trainable_state(state)
+
+    def _save_adapter(self):
+        from safetensors.torch import save_file
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.contiguous() for k, v in self.best["state"].items()} if self.best["state"] else {}
+        save_file(state, str(self.out / ADAPTER_FILE), metadata={"config": json.dumps(self.cfg.to_dict())})
+
+    def _saver(self, step: int) -> Callable[[Path], None]:
+        def save(directory: Path) -> None:
+            # Every rank writes its ZeRO shard; the step rides along so a restore continues the schedule.
+            self.engine.save_checkpoint(str(directory), tag=f"step{step}", client_state={"step": step})
+
+        return save
