@@ -3,14 +3,14 @@ the frozen backbone reads, and where each input token ended up (so heads and sco
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 
-@dataclass
-class Prompted:
+class Prompted(NamedTuple):
+    # A NamedTuple, not a dataclass: ZeRO-3's backward hooks find tensors only in tuples, lists and dicts.
     inputs_embeds: torch.Tensor  # [R, T', H]
     attention_mask: torch.Tensor  # [R, T']
     # token_positions[r, t]: index in the new sequence of input token t of row r.
