@@ -141,7 +141,7 @@ def train(cfg: ExperimentConfig, output_dir: str | Path | None = None, reporter:
 
 def build_model(cfg: ExperimentConfig, backbone: bb.Backbone, task: Task) -> PromptModel:
     info = BackboneInfo(backbone.hidden_size, backbone.num_layers, backbone.num_heads, backbone.family,
-                        backbone.model.get_input_embeddings(), backbone.tokenizer)
+                        backbone.model.get_input_embeddings(), backbone.tokenizer, backbone=backbone.model)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     method = METHODS[cfg.method.name](cfg.method, info, generator)
     labels = task.get_labels()
@@ -232,6 +232,7 @@ class TrainLoop:
                 self.examples_seen += batch["labels"].shape[0] * self.world
             step += 1
             self.steps_done = step
+            self.model.method.on_step(step)
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
             record = {"step": step, "loss": float(np.mean(losses)), "lr": self.engine.get_lr()[0]}

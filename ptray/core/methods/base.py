@@ -29,6 +29,9 @@ class BackboneInfo:
     family: str  # encoder | causal | seq2seq
     word_embeddings: nn.Embedding
     tokenizer: Any
+    # The frozen model itself, for methods that read the input with it (dynamic prompts). Keep it out of the
+    # method's submodules: PromptModel owns it.
+    backbone: nn.Module | None = None
 
 
 class PromptMethod(nn.Module):
@@ -42,6 +45,9 @@ class PromptMethod(nn.Module):
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, batch: dict) -> Prompted:
         raise NotImplementedError
+
+    def on_step(self, step: int) -> None:
+        """Called by the training loop after optimizer step `step`, for schedules the method keeps (e.g. a temperature)."""
 
     def export_state(self) -> dict[str, torch.Tensor]:
         """What is saved as the trained adapter: by default every trainable tensor of the method."""
