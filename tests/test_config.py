@@ -1,0 +1,105 @@
+"""Bad input fails before any model loads, with a message that names the key, the value and the fix."""
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, tiny_config
+from ptray.config import ConfigError, config_from_dict, load_config
+from ptray.core import backbone as bb
+from ptray.core.train import prepare
+
+
+def cfg_of(data_dir, **sections):
+    return config_from_dict(tiny_config(data_dir, **sections))
+
+
+def test_overrides_are_typed(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("task: {name: cb}\ntrain: {lr: 0.1}\n")
+    cfg = load_config(path, ["train.lr=1e-3", "method.num_tokens=7", "model.dtype=bf16", "train.early_stopping_patience=null"])
+    assert cfg.task.name == "cb" and cfg.train.lr == 1e-3 and cfg.method.num_tokens == 7
+    assert cfg.model.dtype == "bf16" and cfg.train.early_stopping_patience is None
+
+
+@pytest.mark.parametrize(
+    "sections, needles",
+    [
+        ({"task": {"name": "rtee"}}, ["task.name", "rtee", "allowed", "rte"]),
+        ({"method": {"name": "lora"}}, ["method", "lora", "allowed", "vanilla"]),
+        ({"train": {"lr": -1}}, ["train.lr", "greater than 0", "-1"]),
+        ({"train": {"zero_stage": 4}}, ["train.zero_stage", "4"]),
+        ({"model": {"dtype": "fp16"}}, ["model.dtype", "fp16", "'fp32' or 'bf16'"]),
+        ({"train": {"learning_rate": 0.1}}, ["train.learning_rate", "unknown key"]),
+        ({"method": {"name": "vanilla", "init": "text"}}, ["init_text"]),
+    ],
+)
+def test_invalid_config_names_key_value_and_allowed(data_dir, sections, needles):
+    with pytest.raises(ConfigError) as e:
+        cfg_of(data_dir, **sections)
+    for n in needles:
+        assert n in str(e.value), (n, str(e.value))
+
+
+def test_missing_data_folder_and_split_name_the_path(data_dir, tmp_path):
+    with pytest.raises(ConfigError, match=str(tmp_path / "nowhere")):
+        prepare(cfg_of(data_dir, task={"data_dir": str(tmp_path / "nowhere")}))
+    with pytest.raises(ConfigError, match=r"RTE/test\.jsonl"):
+        prepare(cfg_of(data_dir, task={"report_split": "test"}))
+
+
+def test_label_outside_label_set(data_dir, tmp_path):
+    (tmp_path / "RTE").mkdir()
+    rows = [json.loads(line) for line in (data_dir / "RTE" / "train.jsonl").read_text().splitlines()]
+    rows[4]["label"] = "maybe"
+    for split in ("train", "dev32", "val"):
+        (tmp_path / "RTE" / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(ConfigError) as e:
+        prepare(cfg_of(data_dir, task={"data_dir": str(tmp_path)}))
+    assert "row 5" in str(e.value) and "'maybe'" in str(e.value) and "entailment" in str(e.value)
+
+
+def test_prompt_plus_sequence_over_position_limit(data_dir):
+    with pytest.raises(ConfigError) as e:
+        prepare(cfg_of(data_dir, method={"num_tokens": 100}, task={"max_seq_length": 500}))
+    msg = str(e.value)
+    assert "100" in msg and "500" in msg and "512" in msg and "412" in msg
+
+
+def test_bf16_refused_where_the_cpu_cannot_do_it(data_dir, monkeypatch):
+    # This CPU has bf16; a CPU without it cannot be caused here, so the capability probe is replaced.
+    monkeypatch.setattr(bb, "cpu_has_bf16", lambda: False)
+    with pytest.raises(ConfigError, match="model.dtype bf16.*use model.dtype=fp32"):
+        prepare(cfg_of(data_dir, model={"dtype": "bf16"}))
+
+
+def test_unknown_model_is_a_clear_error(data_dir):
+    with pytest.raises(ConfigError, match="model.name 'no-such-model'"):
+        prepare(cfg_of(data_dir, model={"name": "no-such-model"}))
+
+
+def _ptray(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "ptray.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_cli_help_is_fast():
+    t = time.perf_counter()
+    out = _ptray("--help")
+    assert out.returncode == 0 and "train" in out.stdout
+    assert time.perf_counter() - t < 10
+
+
+@pytest.mark.slow
+def test_cli_train_writes_result_and_refuses_to_overwrite(data_dir, tmp_path):
+    overrides = [f"task.data_dir={data_dir}", "train.max_steps=2", "train.eval_every=2", "task.max_eval_examples=16"]
+    out = _ptray("train", "experiments/quickstart.yaml", "--seed", "1", "--output", str(tmp_path), *overrides)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["seed"] == 1 and result["status"] == "ok" and result["steps"] == 2
+    again = _ptray("train", "experiments/quickstart.yaml", "--output", str(tmp_path), *overrides)
+    assert again.returncode != 0 and "--overwrite" in again.stderr
+    bad = _ptray("train", "experiments/quickstart.yaml", "task.name=nope", "--output", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "task.name" in bad.stderr and "nope" in bad.stderr
