@@ -8,12 +8,15 @@
       labels: [entailment, not_entailment]
       label_words: ["Yes", "No"]           # optional; what an LM says for each label (default: the labels)
 """
+from dataclasses import dataclass
 from pathlib import Path
 
 from ptray.config import ConfigError
 from ptray.core.tasks.base import Example, Task
 
 
+# Decorated so that the generated __init__ runs __post_init__ (Task's does not: it has none of its own).
+@dataclass
 class Custom(Task):
     name = "custom"
 
