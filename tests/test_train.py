@@ -1,0 +1,116 @@
+"""The training core on real weights (MiniLM) and real data (FewGLUE RTE): learning, determinism, DeepSpeed ZeRO
+stages, the other model families, results and failure handling."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_config
+from ptray.config import config_from_dict
+from ptray.core import backbone as bb
+from ptray.core.train import ADAPTER_FILE, RESULT_FILE, build_model, prepare, train
+
+
+def run(data_dir, tmp_path=None, **sections):
+    cfg = config_from_dict(tiny_config(data_dir, **sections))
+    return train(cfg, output_dir=tmp_path, progress=False)
+
+
+def losses(result):
+    return [h["loss"] for h in result["history"]]
+
+
+@pytest.mark.slow
+def test_training_loss_falls_on_rte(data_dir, tmp_path):
+    r = run(data_dir, tmp_path, train={"max_steps": 24, "eval_every": 12, "lr": 0.05})
+    assert r["status"] == "ok", r.get("reason")
+    ls = losses(r)
+    assert len(ls) == 24
+    assert np.mean(ls[-4:]) < np.mean(ls[:4]) - 0.1, ls
+
+
+def test_result_json_and_adapter(data_dir, tmp_path):
+    r = run(data_dir, tmp_path)
+    saved = json.loads((tmp_path / RESULT_FILE).read_text())
+    assert saved["status"] == "ok" and saved["seed"] == 0
+    for key in ("selection_metrics", "report_metrics", "best_step", "trainable_params", "timings", "selection_split",
+                "report_split", "majority_baseline", "history"):
+        assert saved[key] is not None, key
+    assert saved["selection_split"] == "dev32" and saved["report_split"] == "val"
+    assert 0 < saved["best_step"] <= saved["steps"] == 6
+    assert set(saved["report_metrics"]) == {"accuracy"}
+    # Only trainable tensors are saved: 8 prompt vectors of width 384 and the 2-way head.
+    state = load_file(tmp_path / ADAPTER_FILE)
+    assert state["method.prompt"].shape == (8, 384)
+    assert set(state) == {"method.prompt", "head.weight", "head.bias"}
+    assert saved["trainable_params"] == 8 * 384 + 2 * 384 + 2 == r["trainable_params"]
+
+
+def test_same_seed_reproduces_and_seeds_differ(data_dir):
+    a = run(data_dir, train={"seed": 3})
+    b = run(data_dir, train={"seed": 3})
+    c = run(data_dir, train={"seed": 4})
+    assert losses(a) == losses(b)
+    assert a["report_metrics"] == b["report_metrics"] and a["selection_metrics"] == b["selection_metrics"]
+    assert losses(a) != losses(c)
+
+
+@pytest.fixture(scope="module")
+def stage0_losses(data_dir):
+    return losses(run(data_dir, train={"zero_stage": 0}))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_stages_train_like_stage_0(data_dir, stage0_losses, stage):
+    # ZeRO partitions state and weights; it must not change the arithmetic of a one-process run.
+    other = run(data_dir, train={"zero_stage": stage})
+    assert other["status"] == "ok", other.get("reason")
+    np.testing.assert_allclose(losses(other), stage0_losses, rtol=1e-3, atol=1e-3)
+
+
+def test_bf16_backbone_keeps_fp32_prompt(data_dir):
+    cfg = config_from_dict(tiny_config(data_dir, model={"dtype": "bf16"}))
+    backbone = bb.load_backbone(cfg.model)
+    model = build_model(cfg, backbone, prepare(cfg).task)
+    assert {p.dtype for p in model.backbone.parameters()} == {torch.bfloat16}
+    assert model.method.prompt.dtype == torch.float32
+    r = run(data_dir, model={"dtype": "bf16"})
+    assert r["status"] == "ok"
+
+
+@pytest.mark.parametrize("family", ["t5", "gpt2", "llama"])
+@pytest.mark.parametrize("task", ["rte", "copa"])
+def test_other_families_through_the_same_prompt_path(data_dir, tiny_models, family, task):
+    cfg = config_from_dict(tiny_config(data_dir, model={"name": str(tiny_models[family])}, task={"name": task}))
+    p = prepare(cfg)
+    assert p.family == {"t5": "seq2seq", "gpt2": "causal", "llama": "causal"}[family]
+    backbone = bb.load_backbone(cfg.model)
+    model = build_model(cfg, backbone, p.task)
+    from ptray.core.data import Encoder, collate
+
+    encoder = Encoder(p.task, backbone.tokenizer, backbone.family, 64)
+    model.label_token_ids = torch.tensor(encoder.label_token_ids)
+    batch = collate([encoder.encode(e) for e in p.train[:4]], backbone.tokenizer.pad_token_id)
+    scores = model(batch)
+    assert scores.shape == (4, 2) and torch.isfinite(scores).all()
+    torch.nn.functional.cross_entropy(scores, batch["labels"]).backward()
+    assert model.method.prompt.grad is not None and model.method.prompt.grad.abs().sum() > 0
+    assert all(q.grad is None for q in model.backbone.parameters())
+    r = train(cfg, progress=False)
+    assert r["status"] == "ok", r.get("reason")
+
+
+def test_diverged_loss_ends_as_failed_seed(data_dir, tmp_path):
+    r = run(data_dir, tmp_path, train={"max_loss": 1e-3})
+    assert r["status"] == "failed"
+    assert "diverged" in r["reason"] and "step 1" in r["reason"]
+    assert json.loads((tmp_path / RESULT_FILE).read_text())["status"] == "failed"
+
+
+def test_early_stopping_stops_before_max_steps(data_dir):
+    r = run(data_dir, train={"max_steps": 60, "eval_every": 1, "early_stopping_patience": 2, "lr": 1e-6})
+    assert r["status"] == "ok"
+    assert r["steps"] < 60
