@@ -56,6 +56,12 @@ class TaskConfig(_Strict):
             raise ValueError(f"unknown task {v!r}; allowed: {', '.join(sorted(TASKS))}")
         return key
 
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        # Resolved where the config is read: Ray Tune trials run in their own working directory.
+        return v if "://" in v else str(Path(v).expanduser().resolve())
+
 
 class ModelConfig(_Strict):
     # An offline alias (minilm, smollm2-135m), a local folder, or a hub name where a network exists.
@@ -106,11 +112,25 @@ class MethodConfig(_Strict):
         return int(getattr(self, "num_tokens", 0))
 
 
+class PerturbationConfig(_Strict):
+    """Base of every PTP regularizer's config; `space` and `kind` pick the entry in ptray.core.perturbations."""
+
+    # The YAML key is `lambda` (a Python keyword, hence the alias); dumps write it back as `lambda`.
+    model_config = ConfigDict(serialize_by_alias=True, validate_by_name=True, validate_by_alias=True)
+
+    space: str
+    kind: str
+    # loss = L(clean) + lambda * L(perturbed); 0 turns the regularizer off (no perturbed pass at all).
+    lambda_: float = Field(1.0, ge=0, alias="lambda")
+
+
 class ExperimentConfig(_Strict):
     task: TaskConfig = TaskConfig()
     model: ModelConfig = ModelConfig()
     method: MethodConfig = MethodConfig()
     train: TrainConfig = TrainConfig()
+    # Optional PTP regularizer (Chen et al., EMNLP 2023); none by default.
+    perturbation: PerturbationConfig | None = None
     # Sections read by other layers (ptray tune, tracking); the training core ignores them.
     tune: dict[str, Any] | None = None
     tracking: dict[str, Any] | None = None
@@ -129,8 +149,24 @@ class ExperimentConfig(_Strict):
             raise ValueError(f"unknown method {name!r}; allowed: {', '.join(sorted(METHODS))}")
         return METHODS[name].config_class.model_validate({**v, "name": name})
 
+    @field_validator("perturbation", mode="before")
+    @classmethod
+    def _perturbation(cls, v: Any) -> PerturbationConfig | None:
+        from ptray.core.perturbations import PERTURBATIONS
+
+        if v is None or isinstance(v, PerturbationConfig):
+            return v
+        if not isinstance(v, dict) or "space" not in v or "kind" not in v:
+            raise ValueError(f"must be a mapping with 'space' and 'kind' keys (allowed pairs: {', '.join(sorted(PERTURBATIONS))})")
+        key = f"{str(v['space']).lower()}/{str(v['kind']).lower()}"
+        if key not in PERTURBATIONS:
+            raise ValueError(f"unknown space/kind {key!r}; allowed: {', '.join(sorted(PERTURBATIONS))}")
+        space, kind = key.split("/")
+        return PERTURBATIONS[key].config_class.model_validate({**v, "space": space, "kind": kind})
+
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        # serialize_as_any: method and perturbation hold subclasses whose own fields would otherwise be dropped.
+        return self.model_dump(mode="json", serialize_as_any=True)
 
 
 def _format_error(err: ValidationError, source: str) -> str:
