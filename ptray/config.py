@@ -28,7 +28,7 @@ def default_data_dir() -> str:
 
 class TaskConfig(_Strict):
     name: str = "rte"
-    data_dir: str = Field(default_factory=default_data_dir)
+    data_dir: str = Field(default_factory=default_data_dir, validate_default=True)
     train_split: str = "train"
     selection_split: str = "dev32"
     report_split: str = "val"
