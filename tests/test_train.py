@@ -114,3 +114,13 @@ def test_early_stopping_stops_before_max_steps(data_dir):
     r = run(data_dir, train={"max_steps": 60, "eval_every": 1, "early_stopping_patience": 2, "lr": 1e-6})
     assert r["status"] == "ok"
     assert r["steps"] < 60
+
+
+def test_adafactor_with_accumulation_and_cosine_schedule(data_dir):
+    r = run(data_dir, train={"optimizer": "adafactor", "grad_accum": 2, "scheduler": "cosine", "max_steps": 4,
+                             "eval_every": 4, "warmup_ratio": 0.25, "lr": 0.3})
+    assert r["status"] == "ok", r.get("reason")
+    assert r["steps"] == 4 and len(r["history"]) == 4
+    lrs = [h["lr"] for h in r["history"]]
+    # One warmup step to the peak, then the cosine decays it (the lr is read after each optimizer step).
+    assert lrs[0] == pytest.approx(0.3) and lrs[1] < lrs[0] and lrs[-1] < lrs[1]
