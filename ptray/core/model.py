@@ -16,6 +16,11 @@ from ptray.core.methods import PromptMethod
 MISSING = -1e9
 
 
+def option_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over each example's option scores (in fp32, whatever the backbone's dtype)."""
+    return F.cross_entropy(scores.float(), labels)
+
+
 class PromptModel(nn.Module):
     def __init__(self, backbone: Backbone, method: PromptMethod, num_options: int | None, label_token_ids,
                  pooling: str = "mean", keep_dropout: bool = False):
@@ -48,10 +53,16 @@ class PromptModel(nn.Module):
             for k, v in state.items():
                 own[k].copy_(v)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, batch: dict[str, torch.Tensor], perturb=None) -> torch.Tensor:
+        """`perturb` (a PTP regularizer's hook, see ptray.core.perturbations.Perturb) may change the input's word
+        embeddings before the method sees them and the prompted sequence before the backbone reads it."""
         embed = self.backbone.get_input_embeddings()
         embeds = embed(batch["input_ids"])
+        if perturb is not None:
+            embeds = perturb.inputs(embeds, batch)
         prompted = self.method(embeds, batch["attention_mask"], batch)
+        if perturb is not None:
+            prompted = perturb.prompted(prompted, batch)
         row_scores = getattr(self, f"_{self.family}")(batch, prompted)
         return self._to_options(batch, row_scores)
 

@@ -17,13 +17,13 @@ from typing import Callable, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ptray.config import ConfigError, ExperimentConfig
 from ptray.core import backbone as bb
 from ptray.core.data import Encoder, batches
 from ptray.core.methods import METHODS, BackboneInfo
-from ptray.core.model import PromptModel
+from ptray.core.model import PromptModel, option_loss
+from ptray.core.perturbations import build_perturbation
 from ptray.core.tasks import Example, Task, build_task
 from ptray.core.zero import gathered
 
@@ -174,9 +174,13 @@ def _json_default(o):
     return str(o)
 
 
-def loss_fn(model, batch) -> torch.Tensor:
-    """Cross-entropy over each example's options; the seam where regularizers add their terms."""
-    return F.cross_entropy(model(batch).float(), batch["labels"])
+def loss_fn(model, batch, perturbation=None) -> torch.Tensor:
+    """Cross-entropy over each example's options; the seam where regularizers add their terms: a PTP perturbation adds
+    lambda * L(perturbed), its passes run on the bare model (the engine's `.module`; see ptray.core.perturbations)."""
+    loss = option_loss(model(batch), batch["labels"])
+    if perturbation is not None:
+        loss = loss + perturbation.weight * perturbation.perturbed_loss(getattr(model, "module", model), batch)
+    return loss
 
 
 class TrainLoop:
@@ -187,6 +191,7 @@ class TrainLoop:
         self.total, self.rank, self.world, self.out = total, rank, world, out
         self.reporter, self.progress = reporter, progress and rank == 0
         self.pad_id = encoder.tokenizer.pad_token_id
+        self.perturbation = build_perturbation(cfg, encoder.tokenizer, rank)
         self.history: list[dict] = []
         self.best = {"score": -math.inf, "step": 0, "metrics": None, "state": None}
         self.train_seconds = self.eval_seconds = 0.0
@@ -212,6 +217,8 @@ class TrainLoop:
         # Resuming skips the data already seen, so a resumed run sees what an unbroken one would.
         for _ in range(start_step * tc.grad_accum):
             next(it)
+        if self.perturbation is not None:  # ... and draws the perturbations it would
+            self.perturbation.calls = start_step * tc.grad_accum
         bar = tqdm(total=self.total, initial=start_step, disable=not self.progress, desc=f"seed {tc.seed}",
                    dynamic_ncols=True)
         patience = 0
@@ -222,7 +229,7 @@ class TrainLoop:
             losses = []
             for _ in range(tc.grad_accum):
                 batch = self._to_device(next(it))
-                loss = loss_fn(self.engine, batch)
+                loss = loss_fn(self.engine, batch, self.perturbation)
                 value = loss.item()
                 if not math.isfinite(value) or value > tc.max_loss:
                     raise Diverged(f"loss diverged ({value:.4g}) at step {step + 1}")
