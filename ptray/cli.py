@@ -48,6 +48,12 @@ def _print_result(result: dict, out: Path) -> None:
     print(f"trainable params {result['trainable_params']:,}  total {result['timings']['total_s']:.1f}s  -> {out}")
 
 
+def cmd_tune(args) -> int:
+    from ptray.distributed.runner import run_experiment
+
+    return run_experiment(args.config, args.output, args.overrides, args.address, args.resume)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptray", description="Seed-robust prompt tuning of frozen language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -59,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="output folder (default outputs/<config>/seed<N>)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished result in the output folder")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune", help="run configs x seeds on Ray Tune (local Ray, or a cluster with --address)")
+    p.add_argument("config", nargs="?", help="experiment YAML with a tune: section (see experiments/)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the config, e.g. tune.num_seeds=3")
+    p.add_argument("--output", help="experiment folder (default outputs/<config>)")
+    p.add_argument("--address", help="Ray cluster to join (host:port or ray://host:port; default $RAY_ADDRESS, "
+                                     "else a local Ray in this process)")
+    p.add_argument("--resume", metavar="DIR", help="continue the interrupted experiment in DIR")
+    p.set_defaults(func=cmd_tune)
     return parser
 
 

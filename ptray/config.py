@@ -124,6 +124,166 @@ class PerturbationConfig(_Strict):
     lambda_: float = Field(1.0, ge=0, alias="lambda")
 
 
+# Search-space entries of `tune.search`: a list is a grid; otherwise one of these forms.
+SEARCH_KINDS = {
+    "grid": "a list of values, each run as its own config",
+    "choice": "a list of values, sampled",
+    "uniform": "[low, high], sampled uniformly",
+    "loguniform": "[low, high], sampled uniformly in log space (low > 0)",
+    "randint": "[low, high], an integer sampled from low..high inclusive",
+}
+
+
+class TuneResources(_Strict):
+    """What one trial (one config on one seed) gets: 1 worker trains in the trial's own process; more run a Ray
+    Train TorchTrainer of that many DeepSpeed workers."""
+
+    workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+
+
+class TuneScheduler(_Strict):
+    """fifo runs every trial to the end; asha stops weak trials early; pbt / pb2 evolve the continuous knobs of a
+    population (one population per seed). Intervals are in training steps."""
+
+    name: Literal["fifo", "asha", "pbt", "pb2"] = "fifo"
+    grace_period: int | None = Field(None, ge=1)  # asha; default train.eval_every
+    reduction_factor: float = Field(2.0, gt=1)  # asha
+    perturbation_interval: int | None = Field(None, ge=1)  # pbt, pb2; default 2 * train.eval_every
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5)  # pbt, pb2
+    resample_probability: float = Field(0.25, ge=0, le=1)  # pbt
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _options_fit(self) -> "TuneScheduler":
+        own = {"asha": {"grace_period", "reduction_factor"},
+               "pbt": {"perturbation_interval", "quantile_fraction", "resample_probability"},
+               "pb2": {"perturbation_interval", "quantile_fraction"}, "fifo": set()}[self.name]
+        # Dumped configs carry every field: only a value other than the default is a stray option.
+        stray = sorted(k for k, f in type(self).model_fields.items()
+                       if k not in own | {"name"} and getattr(self, k) != f.default)
+        if stray:
+            raise ValueError(f"{', '.join(stray)} do not apply to scheduler {self.name!r} (its options: "
+                             f"{', '.join(sorted(own)) or 'none'})")
+        return self
+
+
+class TuneConfirm(_Strict):
+    """Re-run the top_k configs of the search (and the baseline) on fresh seeds the search never saw."""
+
+    top_k: int = Field(1, ge=1)
+    seeds: list[int] | None = None
+    num_seeds: int | None = Field(None, ge=1)
+
+
+class TuneConfig(_Strict):
+    """The `tune:` section: configs x seeds for `ptray tune`."""
+
+    name: str | None = None  # default: the config file's stem
+    # Every config runs on every seed (paired comparisons): a list, or num_seeds for 0..n-1.
+    seeds: list[int] | None = None
+    num_seeds: int | None = Field(None, ge=1)
+    # Dotted config key -> values (see SEARCH_KINDS), e.g. {"train.lr": {"loguniform": [0.001, 0.3]}}.
+    search: dict[str, Any] = Field(default_factory=dict)
+    # grid: every combination; random / optuna: num_samples configs. Default: grid when every entry is a list.
+    searcher: Literal["grid", "random", "optuna"] | None = None
+    num_samples: int = Field(1, ge=1)  # configs drawn by random / optuna; the population size under pbt / pb2
+    scheduler: TuneScheduler = TuneScheduler()
+    confirm: TuneConfirm | None = None
+    # The searched values of the config others are compared with (e.g. {"method.name": "vanilla"}).
+    baseline: dict[str, Any] | None = None
+    resources: TuneResources = TuneResources()
+    max_failures: int = Field(1, ge=0)  # retries of a crashed trial before its seed is recorded as failed
+    max_concurrent: int | None = Field(None, ge=1)
+    storage_path: str | None = None  # Ray Tune storage: a folder, NFS or s3://...; default OUTPUT/ray
+    keep_checkpoints: int = Field(4, ge=2)
+
+    @field_validator("search")
+    @classmethod
+    def _search(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return {key: _search_entry(key, value) for key, value in v.items()}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TuneConfig":
+        if self.seeds is not None and self.num_seeds is not None:
+            raise ValueError("give either seeds or num_seeds, not both")
+        seeds = self.seed_list()
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
+        kinds = {next(iter(e)) for e in self.search.values()}
+        searcher, evolving = self.resolved_searcher(), self.scheduler.name in ("pbt", "pb2")
+        if searcher == "grid" and kinds - {"grid"}:
+            raise ValueError(f"searcher grid needs every search entry as a list of values; sample the others with "
+                             f"searcher: random or optuna (entries of kind {', '.join(sorted(kinds - {'grid'}))})")
+        if self.num_samples > 1 and not evolving and not kinds - {"grid"}:
+            raise ValueError("num_samples > 1 with nothing to sample would repeat the same configs; more seeds go in "
+                             "tune.seeds / tune.num_seeds")
+        if searcher == "optuna" and "grid" in kinds:
+            raise ValueError("searcher optuna samples every entry: write grid entries as {choice: [...]}")
+        if searcher == "optuna" and self.scheduler.name in ("pbt", "pb2"):
+            raise ValueError(f"scheduler {self.scheduler.name} evolves its population itself; use searcher random "
+                             "(the initial population) or leave searcher unset")
+        if self.confirm is not None:
+            if self.scheduler.name in ("pbt", "pb2"):
+                raise ValueError("confirm re-runs fixed configs; a pbt member's config is a schedule: add seeds "
+                                 "instead")
+            fresh = self.confirm_seeds()
+            if set(fresh) & set(seeds) or len(set(fresh)) != len(fresh):
+                raise ValueError(f"confirm seeds must be distinct and unseen by the search; {fresh} overlaps {seeds}")
+        if self.baseline is not None and set(self.baseline) != set(self.search):
+            raise ValueError(f"baseline must give a value for every searched key ({', '.join(self.search) or 'none'}), "
+                             f"got {', '.join(self.baseline) or 'none'}")
+        return self
+
+    def seed_list(self) -> list[int]:
+        if self.seeds is not None:
+            return list(self.seeds)
+        return list(range(self.num_seeds or 5))
+
+    def resolved_searcher(self) -> str:
+        if self.searcher is not None:
+            return self.searcher
+        return "grid" if all("grid" in e for e in self.search.values()) else "random"
+
+    def confirm_seeds(self) -> list[int]:
+        c = self.confirm
+        if c is None:
+            return []
+        if c.seeds is not None:
+            return list(c.seeds)
+        # Fresh seeds follow the search's largest one.
+        start = max(self.seed_list()) + 1
+        return list(range(start, start + (c.num_seeds or 5)))
+
+
+def _search_entry(key: str, value: Any) -> dict[str, Any]:
+    """Normalise one search entry to {kind: values}; every error names the key and what it may be."""
+    if key in ("seed", "train.seed"):
+        raise ValueError(f"{key}: seeds are their own dimension; set tune.seeds or tune.num_seeds instead")
+    if isinstance(value, list):
+        value = {"grid": value}
+    forms = "; ".join(f"{k}: {d}" for k, d in SEARCH_KINDS.items())
+    if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in SEARCH_KINDS:
+        raise ValueError(f"{key}: {value!r} is not a search entry; give a list (a grid) or one of {{{forms}}}")
+    kind, values = next(iter(value.items()))
+    if not isinstance(values, list) or not values:
+        raise ValueError(f"{key}: {kind} has no values; give a non-empty list")
+    if kind in ("uniform", "loguniform", "randint"):
+        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in values)
+        if len(values) != 2 or not numeric or values[0] >= values[1]:
+            raise ValueError(f"{key}: {kind} needs [low, high] with low < high, got {values}")
+        if kind == "loguniform" and values[0] <= 0:
+            raise ValueError(f"{key}: loguniform needs low > 0, got {values}")
+        if kind == "randint" and not all(isinstance(x, int) for x in values):
+            raise ValueError(f"{key}: randint needs integer bounds, got {values}")
+    return {kind: values}
+
+
 class ExperimentConfig(_Strict):
     task: TaskConfig = TaskConfig()
     model: ModelConfig = ModelConfig()
@@ -132,7 +292,7 @@ class ExperimentConfig(_Strict):
     # Optional PTP regularizer (Chen et al., EMNLP 2023); none by default.
     perturbation: PerturbationConfig | None = None
     # Sections read by other layers (ptray tune, tracking); the training core ignores them.
-    tune: dict[str, Any] | None = None
+    tune: TuneConfig | None = None
     tracking: dict[str, Any] | None = None
 
     @field_validator("method", mode="before")

@@ -1,0 +1,299 @@
+"""`ptray tune`: an experiment of configs x seeds on Ray Tune, from start (or `--resume`) to the summary table.
+
+    check the config and the search (no Ray yet) -> join or start Ray -> refuse trials the cluster can never hold
+    -> search (one Tuner; PBT / PB2: one per seed and grid cell) -> confirm the top configs on fresh seeds
+    -> log every result to MLflow -> print the per-config table
+
+Everything lands in the experiment folder DIR (see the contract in ptray/distributed/trial.py and ptray/tracking):
+experiment.json, runs/<config_id>/seed<N>/, ray/ (Tune storage), confirm/ (an experiment folder of its own).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from ptray.config import ConfigError, ExperimentConfig, TuneConfig, config_from_dict, load_config
+from ptray.distributed.ids import config_id, label
+from ptray.distributed.search import ListSearcher, SearchPlan, selection_score, trial_config
+from ptray.distributed.trial import (EXPERIMENT_FILE, RESULT_FILE, ResultWriter, TrialSpec, run_dir, run_trial,
+                                     write_json)
+
+CONFIRM_DIR = "confirm"
+INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C
+
+
+def run_experiment(config: str | Path | None = None, output: str | Path | None = None, overrides: list[str] = (),
+                   address: str | None = None, resume: str | Path | None = None) -> int:
+    """Run (or continue) an experiment; returns the process exit code (0, or INTERRUPTED)."""
+    exp_dir, cfg = _experiment(config, output, list(overrides), resume)
+    from ptray.core.train import prepare  # the core's cheap checks (data files, prompt length), before any Ray
+
+    cfg = _absolute_paths(cfg)
+    plan = SearchPlan(cfg, prepare(cfg).task.primary_metric)
+    started = connect(address)
+    try:
+        at_once = check_capacity(plan.tune)
+        if resume is None:
+            _write_experiment(exp_dir, plan, plan.tune.name, plan.seeds, _known_configs(plan),
+                              plan.baseline_config_id())
+        storage = plan.tune.storage_path or str((exp_dir / "ray").resolve())
+        spec = TrialSpec(base=plan.base, keys=plan.keys, workers=plan.tune.resources.workers,
+                         cpus_per_worker=plan.tune.resources.cpus_per_worker,
+                         gpus_per_worker=plan.tune.resources.gpus_per_worker,
+                         train_storage=f"{storage.rstrip('/')}/train", keep_checkpoints=plan.tune.keep_checkpoints)
+        runner = _Runner(plan, spec, exp_dir, storage, at_once)
+        finished = runner.search()
+        if finished and plan.tune.confirm is not None:
+            finished = runner.confirm()
+        runner.log_and_print()
+        if not finished:
+            print(f"interrupted; continue with: ptray tune --resume {exp_dir}")
+            return INTERRUPTED
+        return 0
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _experiment(config, output, overrides, resume) -> tuple[Path, ExperimentConfig]:
+    if resume is not None:
+        exp_dir = Path(resume)
+        meta_path = exp_dir / EXPERIMENT_FILE
+        if not meta_path.is_file():
+            raise ConfigError(f"--resume {exp_dir}: not a ptray experiment folder ({EXPERIMENT_FILE} is missing); "
+                              "pass the --output folder of an earlier `ptray tune`")
+        if config is not None or overrides:
+            raise ConfigError("--resume continues an experiment exactly as it started: give only the folder "
+                              f"(its config is in {meta_path})")
+        return exp_dir, config_from_dict(json.loads(meta_path.read_text())["config"], str(meta_path))
+    if config is None:
+        raise ConfigError("ptray tune needs a config file (or --resume DIR)")
+    cfg = load_config(config, overrides)
+    exp_dir = Path(output or Path("outputs") / Path(config).stem)
+    if (exp_dir / EXPERIMENT_FILE).exists():
+        raise ConfigError(f"{exp_dir} already holds an experiment: continue it with `ptray tune --resume {exp_dir}` "
+                          "or choose another --output")
+    tune_cfg = cfg.tune or TuneConfig()
+    if tune_cfg.name is None:
+        cfg = cfg.model_copy(update={"tune": tune_cfg.model_copy(update={"name": Path(config).stem})})
+    return exp_dir, cfg
+
+
+def _absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Trials run in their own folders: make relative file paths of the config absolute, here (task.data_dir
+    already is)."""
+    task, model = cfg.task, cfg.model
+    if task.data_files:
+        task = task.model_copy(update={"data_files": {k: str(Path(v).resolve()) for k, v in task.data_files.items()}})
+    if Path(model.name).exists():
+        model = model.model_copy(update={"name": str(Path(model.name).resolve())})
+    return cfg.model_copy(update={"task": task, "model": model})
+
+
+def _write_experiment(exp_dir: Path, plan: SearchPlan, name: str, seeds: list[int],
+                      overrides: list[dict[str, Any]], baseline: str | None) -> None:
+    """DIR/experiment.json: what marks a ptray experiment, with the configs known up front (more may join)."""
+    import ptray
+
+    write_json(exp_dir / EXPERIMENT_FILE, {
+        "ptray_version": ptray.__version__, "name": name, "config": plan.base, "seeds": seeds,
+        "configs": {config_id(o): {"overrides": o, "label": label(o)} for o in overrides},
+        "baseline_config_id": baseline, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })
+
+
+def _known_configs(plan: SearchPlan) -> list[dict[str, Any]]:
+    """The configs a search will run, where they are known before it starts (Optuna's arrive as it suggests them);
+    under PBT / PB2 every population slot and the best member of each grid cell."""
+    if plan.evolving:
+        return [o for cell in plan.grid_cells() for o in
+                [c["overrides"] for c in plan.population(cell, 0)] + [plan.best_member_overrides(cell)]]
+    return [] if plan.tune.resolved_searcher() == "optuna" else plan.search_configs()
+
+
+# --- Ray ---------------------------------------------------------------------------------------------------------
+def connect(address: str | None) -> bool:
+    """Join the cluster at `address` / $RAY_ADDRESS, or start a local Ray in this process. True if started here."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        ray.init(include_dashboard=False)  # as many CPUs as this machine has: trials are sized against them
+        return True
+    check_reachable(address)
+    ray.init(address=address)
+    return False
+
+
+def check_reachable(address: str, timeout: float = 3.0) -> None:
+    """ray.init can wait a long time for a cluster that is not there: knock first, and say what to do."""
+    if address == "auto":
+        return  # ray.init finds (or fails to find) the local cluster itself, at once
+    parsed = urlparse(address if "://" in address else f"ray://{address}")
+    if parsed.scheme in ("http", "https"):
+        raise ConfigError(f"--address {address} is a dashboard (job submission) address; ptray tune joins a cluster "
+                          "at its GCS address (host:6379) or a Ray client address (ray://host:10001)")
+    if parsed.hostname is None or parsed.port is None:
+        raise ConfigError(f"--address {address!r} is not host:port or ray://host:port")
+    try:
+        socket.create_connection((parsed.hostname, parsed.port), timeout=timeout).close()
+    except OSError as e:
+        raise ConfigError(f"no Ray cluster answers at {address} ({e}); start one (`ray start --head`, `ray up "
+                          "cluster.yaml`), fix --address / RAY_ADDRESS, or leave both unset to run on a local "
+                          "Ray") from None
+
+
+def check_capacity(tune_cfg: TuneConfig) -> int:
+    """Refuse a trial the cluster can never hold (it would wait forever); return how many fit at once."""
+    import ray
+    from ray._private.state import state  # what an autoscaling cluster can grow to; Ray Train checks the same
+
+    r = tune_cfg.resources
+    worker = {"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker}
+    trial = dict(worker) if r.workers == 1 else {"CPU": 0.01 + r.workers * r.cpus_per_worker,
+                                                  "GPU": r.workers * r.gpus_per_worker}
+    total = state.get_max_resources_from_cluster_config() or ray.cluster_resources()
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    config = state.get_cluster_config()
+    if config is not None:
+        nodes += [dict(g.resources) for g in config.node_group_configs]
+    largest = {k: max(n.get(k, 0) for n in nodes) for k in worker}
+    short = [k for k, v in trial.items() if v > total.get(k, 0)] + \
+            [k for k, v in worker.items() if v > largest[k]]
+    if short:
+        raise ConfigError(
+            f"tune.resources asks for {r.workers} worker(s) x ({r.cpus_per_worker} CPU, {r.gpus_per_worker} GPU) per "
+            f"trial, {_fmt(trial)} in all, but this cluster has at most {_fmt({k: total.get(k, 0) for k in worker})} "
+            f"and its largest node {_fmt(largest)}: no trial could ever start. Lower tune.resources.workers / "
+            "cpus_per_worker / gpus_per_worker, or add nodes")
+    at_once = min(int(total.get(k, 0) // v) for k, v in trial.items() if v > 0)
+    return min(at_once, tune_cfg.max_concurrent or at_once)
+
+
+def _fmt(resources: dict[str, float]) -> str:
+    return ", ".join(f"{v:g} {k}" for k, v in resources.items())
+
+
+def _trial_dirname(trial) -> str:
+    return f"{trial.config['config_id']}-seed{trial.config['seed']}-{trial.trial_id}"
+
+
+class _Runner:
+    def __init__(self, plan: SearchPlan, spec: TrialSpec, exp_dir: Path, storage: str, at_once: int):
+        from ptray.tracking.store import resolve_tracking_uri
+
+        self.plan, self.spec, self.dir, self.storage, self.at_once = plan, spec, exp_dir, storage, at_once
+        self.tracking_uri = resolve_tracking_uri(exp_dir, plan.base)
+        self.confirm_dir = exp_dir / CONFIRM_DIR
+
+    def search(self) -> bool:
+        if not self.plan.evolving:
+            if self.plan.tune.resolved_searcher() == "optuna":
+                searcher, count = self.plan.model_searcher()
+            else:
+                trials = self.plan.search_trials()
+                searcher, count = ListSearcher(trials), len(trials)
+            return self._tune("search", searcher, count, self.plan.scheduler(), self.dir)
+        # PBT / PB2: a population per (grid cell, seed), one after the other; each ends with its best member.
+        finished = True
+        for cell in self.plan.grid_cells():
+            for seed in self.plan.seeds:
+                members = self.plan.population(cell, seed)
+                name = f"pbt-seed{seed}" + (f"-{config_id(cell)}" if cell else "")
+                finished = self._tune(name, ListSearcher(members), len(members), self.plan.scheduler(), self.dir)
+                if not finished:
+                    return False
+                self._best_member(cell, seed, members)
+        return True
+
+    def confirm(self) -> bool:
+        """Re-run the top-k configs of the search (and the baseline) on seeds the search never saw."""
+        c, fresh = self.plan.tune.confirm, self.plan.tune.confirm_seeds()
+        ranked = self.ranking()
+        chosen = [o for _, o in ranked[: c.top_k]]
+        baseline = self.plan.tune.baseline
+        if baseline is not None and baseline not in chosen:
+            chosen.append(baseline)
+        print("confirming on fresh seeds " + ", ".join(map(str, fresh)) + ":\n" +
+              "\n".join(f"  {label(o)}  (search mean selection {score:.4f})" for score, o in ranked[: c.top_k]))
+        if not (self.confirm_dir / EXPERIMENT_FILE).is_file():
+            _write_experiment(self.confirm_dir, self.plan, f"{self.plan.tune.name}-confirm", fresh, chosen,
+                              self.plan.baseline_config_id())
+        trials = [trial_config(o, s) for s in fresh for o in chosen]
+        return self._tune("confirm", ListSearcher(trials), len(trials), None, self.confirm_dir)
+
+    def ranking(self) -> list[tuple[float, dict[str, Any]]]:
+        """Configs by their mean selection score over the search seeds (best first)."""
+        meta = json.loads((self.dir / EXPERIMENT_FILE).read_text())
+        scored = []
+        for cid, info in meta["configs"].items():
+            scores = []
+            for seed in self.plan.seeds:
+                path = run_dir(self.dir, cid, seed) / RESULT_FILE
+                scores.append(selection_score(json.loads(path.read_text()), self.plan.primary_metric)
+                              if path.is_file() else 0.0)
+            scored.append((sum(scores) / len(scores), info["overrides"]))
+        return sorted(scored, key=lambda x: -x[0])
+
+    def _best_member(self, cell: dict[str, Any], seed: int, members: list[dict[str, Any]]) -> None:
+        """A population's outcome on its seed: the member with the best selection score, filed as its own config."""
+        results = [json.loads(p.read_text()) for m in members
+                   if (p := run_dir(self.dir, m["config_id"], seed) / RESULT_FILE).is_file()]
+        overrides = self.plan.best_member_overrides(cell)
+        ident = {"config_id": config_id(overrides), "overrides": overrides, "label": label(overrides)}
+        ok = [r for r in results if r["status"] == "ok"]
+        if ok:
+            best = max(ok, key=lambda r: selection_score(r, self.plan.primary_metric))
+            record = {**best, **ident, "best_of": best["config_id"], "trial_id": best.get("trial_id")}
+        else:
+            record = {"seed": seed, "status": "failed", "reason": "no member of the population finished",
+                      "primary_metric": self.plan.primary_metric, "report_metrics": {}, **ident}
+        write_json(run_dir(self.dir, ident["config_id"], seed) / RESULT_FILE, record)
+
+    def _tune(self, name: str, searcher, count: int, scheduler, exp_dir: Path) -> bool:
+        """One Tuner (restored if an earlier run of it was interrupted); True when all its trials ended."""
+        from ray import tune
+
+        from ptray.tracking.mlflow_callback import MLflowSeedCallback
+
+        meta = json.loads((exp_dir / EXPERIMENT_FILE).read_text())
+        trainable = tune.with_resources(tune.with_parameters(run_trial, spec=self.spec), self.spec.trial_resources())
+        path = f"{self.storage.rstrip('/')}/{name}"
+        if tune.Tuner.can_restore(path):
+            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
+        else:
+            callbacks = [ResultWriter(exp_dir, self.spec, self.plan.primary_metric, self.plan.scheduler_name),
+                         MLflowSeedCallback(self.tracking_uri, meta["name"], exp_dir)]
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(metric=self.plan.metric, mode="max", search_alg=searcher,
+                                            scheduler=scheduler, num_samples=count,
+                                            max_concurrent_trials=self.at_once, trial_dirname_creator=_trial_dirname),
+                run_config=tune.RunConfig(
+                    name=name, storage_path=self.storage, callbacks=callbacks,
+                    failure_config=tune.FailureConfig(max_failures=self.plan.tune.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=self.plan.tune.keep_checkpoints)),
+            )
+        t0 = time.perf_counter()
+        grid = tuner.fit()
+        ended = grid.num_terminated + grid.num_errors
+        print(f"{name}: {ended}/{count} trials ended in {time.perf_counter() - t0:.0f}s")
+        return ended >= count
+
+    def log_and_print(self) -> None:
+        from ptray.tracking.mlflow_callback import log_experiment
+        from ptray.tracking.summary import print_summary
+
+        for d in (self.dir, self.confirm_dir):
+            if (d / EXPERIMENT_FILE).is_file():
+                log_experiment(d, self.tracking_uri)
+                print()
+                print_summary(d)

@@ -1,0 +1,264 @@
+"""The `tune:` section turned into Ray Tune parts: trial configs (configs x seeds), searchers and schedulers.
+
+Seeds are a dimension, not a draw: every config the search produces runs on every seed of `tune.seeds`, so any two
+configs are compared on the same seeds. Grid and random configs are known up front; a model-based searcher (Optuna)
+sees each of its suggestions repeated on all seeds and learns from their mean. PBT / PB2 evolve one population per
+seed (a Tuner each), so a trial never takes over a model trained on another seed.
+
+A Tune trial's config (the contract with tracking): {"config_id", "seed", "overrides", "label"} plus every searched
+key at the top level (`train.lr`, ...), where schedulers and searchers read and write them.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import pickle
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import Repeater, Searcher
+from ray.tune.search.repeater import TRIAL_INDEX
+
+from ptray.config import ConfigError, ExperimentConfig, TuneConfig, config_from_dict
+from ptray.distributed.ids import config_id, label
+
+IDENTITY = ("config_id", "seed", "overrides", "label")
+PBT_MEMBER = "pbt.member"  # identity of a population slot (not a config key)
+EVOLVING = ("pbt", "pb2")
+# Initial draws (random configs, PBT populations) come from a fixed stream: the same YAML gives the same configs,
+# and every seed's population starts from the same members.
+SAMPLING_SEED = 0
+
+
+def trial_config(overrides: dict[str, Any], seed: int, values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a Tune trial receives: its identity, and the values of the searched keys (default: the overrides)."""
+    return {"config_id": config_id(overrides), "seed": seed, "overrides": overrides, "label": label(overrides),
+            **(overrides if values is None else values)}
+
+
+def with_values(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a config dict with dotted keys set (`train.lr` -> base["train"]["lr"])."""
+    out = copy.deepcopy(base)
+    for key, value in values.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return out
+
+
+def lookup(config: dict[str, Any], key: str) -> Any:
+    node: Any = config
+    for i, part in enumerate(key.split(".")):
+        if not isinstance(node, dict) or part not in node:
+            where = ".".join(key.split(".")[:i]) or "the config"
+            raise KeyError(f"{key} is not a key of the experiment config ({where} has no {part!r})")
+        node = node[part]
+    return node
+
+
+def domain(entry: dict[str, list]):
+    """A search entry as a Ray Tune domain (grid entries are sampled like choices)."""
+    kind, v = next(iter(entry.items()))
+    if kind in ("grid", "choice"):
+        return tune.choice(v)
+    if kind == "randint":
+        return tune.randint(v[0], v[1] + 1)  # ours is inclusive, Tune's upper bound is not
+    return {"uniform": tune.uniform, "loguniform": tune.loguniform}[kind](*v)
+
+
+def _plain(x: Any) -> Any:
+    return x.item() if isinstance(x, np.generic) else x
+
+
+@dataclass
+class SearchPlan:
+    """A validated search: which configs run on which seeds, and what ranks them."""
+
+    cfg: ExperimentConfig  # the base config (its `tune` section included)
+    primary_metric: str
+
+    def __post_init__(self):
+        self.tune: TuneConfig = self.cfg.tune or TuneConfig()
+        self.seeds = self.tune.seed_list()
+        self.base = self.cfg.to_dict()
+        self.keys = list(self.tune.search)
+        self.grid_keys = [k for k in self.keys if "grid" in self.tune.search[k]]
+        self.sampled_keys = [k for k in self.keys if k not in self.grid_keys]
+        self.scheduler_name = self.tune.scheduler.name
+        self._check_values()
+        if self.evolving:
+            self._check_evolvable()
+
+    @property
+    def metric(self) -> str:
+        return f"selection/{self.primary_metric}"
+
+    @property
+    def evolving(self) -> bool:
+        return self.scheduler_name in EVOLVING
+
+    # --- validation: every searched value must make a valid config, before Ray starts -------------------------------
+    def _check_values(self) -> None:
+        for key, entry in self.tune.search.items():
+            try:
+                lookup(self.base, key)
+            except KeyError as e:
+                raise ConfigError(f"tune.search: {e.args[0]}; search keys are dotted config keys like "
+                                  "train.lr") from None
+            for value in next(iter(entry.values())):
+                try:
+                    config_from_dict(with_values(self.base, {key: value}), f"tune.search {key}={value!r}")
+                except ConfigError as e:
+                    raise ConfigError(f"tune.search: the value {value!r} of {key} makes an invalid "
+                                      f"config:\n{e}") from None
+        if self.tune.baseline is not None:
+            config_from_dict(with_values(self.base, self.tune.baseline), "tune.baseline")
+            if self.tune.resolved_searcher() == "grid" and self.tune.baseline not in self.search_configs():
+                raise ConfigError(f"tune.baseline {self.tune.baseline} is not one of the grid's configs")
+
+    def _check_evolvable(self) -> None:
+        name = self.scheduler_name
+        if not self.sampled_keys:
+            raise ConfigError(f"tune.scheduler {name} needs something to evolve: give continuous knobs as ranges, "
+                              "e.g. tune.search: {train.lr: {loguniform: [0.001, 0.3]}}")
+        for key in self.sampled_keys:
+            kind = next(iter(self.tune.search[key]))
+            current = lookup(self.base, key)
+            if not isinstance(current, float):
+                raise ConfigError(
+                    f"tune.search: scheduler {name} cannot evolve {key} (a {type(current).__name__}, not a continuous "
+                    "knob): a population must keep what it trains fixed (a prompt length changes the prompt's shape). "
+                    f"Give {key} as a list: each value then gets its own populations.")
+            if name == "pb2" and kind not in ("uniform", "loguniform"):
+                raise ConfigError(f"tune.search: pb2 evolves continuous ranges only; give {key} as uniform or "
+                                  f"loguniform [low, high], or as a list (a grid), not {kind}")
+            if name == "pbt" and kind == "randint":
+                raise ConfigError(f"tune.search: {key} is a float; give it as uniform, loguniform or choice for pbt")
+
+    # --- configs ----------------------------------------------------------------------------------------------------
+    def grid_cells(self) -> list[dict[str, Any]]:
+        values = [self.tune.search[k]["grid"] for k in self.grid_keys]
+        return [dict(zip(self.grid_keys, combo)) for combo in itertools.product(*values)]
+
+    def _draw(self, rng: np.random.Generator) -> dict[str, Any]:
+        return {k: _plain(domain(self.tune.search[k]).sample(random_state=rng)) for k in self.sampled_keys}
+
+    def search_configs(self) -> list[dict[str, Any]]:
+        """Grid / random: every grid cell, crossed with num_samples draws of the sampled keys (duplicates dropped)."""
+        rng = np.random.default_rng(SAMPLING_SEED)
+        configs: dict[str, dict[str, Any]] = {}
+        for cell in self.grid_cells():
+            for _ in range(self.tune.num_samples if self.sampled_keys else 1):
+                values = {**cell, **self._draw(rng)}
+                overrides = {k: values[k] for k in self.keys}
+                configs.setdefault(config_id(overrides), overrides)
+        return list(configs.values())
+
+    def search_trials(self) -> list[dict[str, Any]]:
+        """Every config on every seed, seed by seed: the first results already compare configs on the same seed."""
+        return [trial_config(o, s) for s in self.seeds for o in self.search_configs()]
+
+    def population(self, cell: dict[str, Any], seed: int) -> list[dict[str, Any]]:
+        """PBT / PB2: num_samples members on one seed; member k starts from the same values in every population."""
+        rng = np.random.default_rng(SAMPLING_SEED)
+        members = []
+        for k in range(self.tune.num_samples):
+            start = self._draw(rng)
+            members.append(trial_config({**cell, PBT_MEMBER: k}, seed, {**cell, **start}))
+        return members
+
+    def best_member_overrides(self, cell: dict[str, Any]) -> dict[str, Any]:
+        return {**cell, PBT_MEMBER: "best"}
+
+    def baseline_config_id(self) -> str | None:
+        return config_id(self.tune.baseline) if self.tune.baseline is not None else None
+
+    # --- Ray Tune parts ---------------------------------------------------------------------------------------------
+    def model_searcher(self):
+        """Optuna, each suggestion repeated on every seed; the count of trials it may start."""
+        from ray.tune.search.optuna import OptunaSearch  # imports optuna: only when asked for
+
+        space = {k: domain(self.tune.search[k]) for k in self.keys}
+        inner = OptunaSearch(space=space, metric=self.metric, mode="max", seed=SAMPLING_SEED)
+        return SeedRepeater(inner, self.seeds), self.tune.num_samples * len(self.seeds)
+
+    def scheduler(self):
+        """The Tune scheduler (None: run every trial to the end). Time is the training step."""
+        s, every = self.tune.scheduler, self.cfg.train.eval_every
+        if s.name == "fifo":
+            return None
+        if s.name == "asha":
+            # No max_t of its own: a trial ends when its training does.
+            return ASHAScheduler(time_attr="step", metric=self.metric, mode="max", grace_period=s.grace_period or every,
+                                 reduction_factor=s.reduction_factor, max_t=10**9)
+        from ptray.distributed.pbt import SeedPB2, SeedPBT  # PB2 imports scikit-learn
+
+        interval = s.perturbation_interval or 2 * every
+        if s.name == "pbt":
+            mutations = {k: domain(self.tune.search[k]) for k in self.sampled_keys}
+            return SeedPBT(time_attr="step", metric=self.metric, mode="max", perturbation_interval=interval,
+                       hyperparam_mutations=mutations, quantile_fraction=s.quantile_fraction,
+                       resample_probability=s.resample_probability)
+        bounds = {k: next(iter(self.tune.search[k].values())) for k in self.sampled_keys}
+        return SeedPB2(time_attr="step", metric=self.metric, mode="max", perturbation_interval=interval,
+                    hyperparam_bounds=bounds, quantile_fraction=s.quantile_fraction)
+
+
+def selection_score(result: dict[str, Any], primary_metric: str) -> float:
+    """How a search ranks one seed: its best selection-split score; a failed seed scores 0 (failing is not robust).
+    The report split is never used to choose."""
+    value = (result.get("selection_metrics") or {}).get(primary_metric)
+    if result.get("status") == "failed" or value is None or not math.isfinite(value):
+        return 0.0
+    return float(value)
+
+
+class ListSearcher(Searcher):
+    """Hands out a fixed list of trial configs in order (grid, random draws, a PBT population), then finishes."""
+
+    def __init__(self, configs: list[dict[str, Any]]):
+        super().__init__()
+        self.configs = configs
+        self.position = 0
+
+    def suggest(self, trial_id: str):
+        if self.position >= len(self.configs):
+            return self.FINISHED
+        self.position += 1
+        return copy.deepcopy(self.configs[self.position - 1])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass  # a fixed list learns nothing
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # the list is the search space
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"configs": self.configs, "position": self.position}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+class SeedRepeater(Repeater):
+    """Ray's Repeater with the repeat index mapped to our seeds and the trial identity added: the inner searcher
+    sees one trial per suggestion, scored by the mean over seeds."""
+
+    def __init__(self, searcher, seeds: list[int]):
+        super().__init__(searcher, repeat=len(seeds), set_index=True)
+        self.seeds = list(seeds)
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        if not isinstance(config, dict):
+            return config
+        seed = self.seeds[config.pop(TRIAL_INDEX)]
+        return trial_config({k: _plain(v) for k, v in config.items()}, seed)

@@ -1,0 +1,267 @@
+"""One Tune trial = one config on one seed, and how its outcome reaches DIR/runs/<config_id>/seed<N>/.
+
+    run_trial      the Tune function. workers == 1: the core's `train` runs in the trial's own process.
+                   workers > 1: a Ray Train TorchTrainer (named after the trial) whose workers run the same `train`
+                   inside DeepSpeed; their reports come back to this trial through a queue and go on to Tune.
+    every evaluation   -> tune.report(config_id, seed, step, loss, selection/<m>) + a Tune checkpoint (DeepSpeed state:
+                          what PBT exploits, what a retry or `--resume` restarts from)
+    the end            -> a last report (done_ptray, status, reason, report/<m>) whose checkpoint holds the core's
+                          result.json and adapter
+    ResultWriter   a driver-side Tune callback: copies that last checkpoint into DIR/runs/..., or records a seed that a
+                   scheduler stopped or that crashed (after its retries) with the reason. The driver writes every
+                   result, so trials on other nodes need no shared folder with it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import threading
+import uuid
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.train import UserCallback
+
+from ptray.config import ExperimentConfig, config_from_dict
+from ptray.distributed.search import with_values
+
+RESULT_FILE = "result.json"  # the core's names (ptray.core.train); the driver side stays free of torch
+ADAPTER_FILE = "adapter.safetensors"
+EXPERIMENT_FILE = "experiment.json"
+RUNS_DIR = "runs"
+
+
+@dataclass
+class TrialSpec:
+    """What every trial of an experiment shares (passed with tune.with_parameters)."""
+
+    base: dict[str, Any]  # the experiment config, paths made absolute
+    keys: list[str]  # the searched dotted keys, read from the trial config
+    workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    train_storage: str  # where multi-worker trials keep their Ray Train runs
+    keep_checkpoints: int
+
+    def experiment_config(self, config: dict[str, Any]) -> ExperimentConfig:
+        values = {k: config[k] for k in self.keys}
+        return config_from_dict(with_values(self.base, {**values, "train.seed": config["seed"]}),
+                                f"trial {config['config_id']} seed {config['seed']}")
+
+    def trial_resources(self) -> dict[str, float]:
+        """What Tune reserves for the trial itself: the whole worker when it trains in-process; with a TorchTrainer
+        only a sliver for the function that waits on it (the workers reserve their own)."""
+        if self.workers == 1:
+            return {"cpu": self.cpus_per_worker, "gpu": self.gpus_per_worker}
+        return {"cpu": 0.01}
+
+    def worker_resources(self) -> dict[str, float]:
+        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.gpus_per_worker else {})}
+
+
+def identity(config: dict[str, Any]) -> dict[str, Any]:
+    return {"config_id": config["config_id"], "seed": config["seed"]}
+
+
+def eval_metrics(ident: dict[str, Any], step: int, metrics: dict[str, float]) -> dict[str, Any]:
+    return {**ident, "step": step, "loss": metrics["loss"],
+            **{f"selection/{k}": v for k, v in metrics.items() if k != "loss"}}
+
+
+def final_metrics(ident: dict[str, Any], result: dict[str, Any], last_step: int) -> dict[str, Any]:
+    """The last report: status and report-split metrics; NaN where a failed seed has none (so nothing ranks it)."""
+    ok = result["status"] == "ok"
+    primary = result["primary_metric"]
+    selection = {primary: math.nan, **(result.get("selection_metrics") or {})}
+    report = {primary: math.nan, **(result.get("report_metrics") or {})}
+    history = result.get("history") or []
+    return {**ident, "done_ptray": True, "status": result["status"], "reason": result.get("reason") or "",
+            "step": max(result.get("steps") or 0, last_step), "loss": history[-1]["loss"] if history else math.nan,
+            **{f"selection/{k}": v if ok else math.nan for k, v in selection.items()},
+            **{f"report/{k}": v if ok else math.nan for k, v in report.items()}}
+
+
+class Reporter:
+    """The core's reporter inside a trial (or a Ray Train worker): every evaluation goes out with a checkpoint."""
+
+    def __init__(self, ident: dict[str, Any], report):
+        self.ident, self.report, self.last_step = ident, report, 0
+
+    def __call__(self, step: int, metrics: dict, save) -> bool:
+        self.last_step = step
+        with tempfile.TemporaryDirectory(prefix="ptray-ckpt-") as d:
+            save(Path(d))
+            self.report(eval_metrics(self.ident, step, metrics), checkpoint=tune.Checkpoint.from_directory(d))
+        return False  # stopping is the scheduler's: it ends the trial
+
+
+def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
+    """The Tune function: train this (config, seed), resuming from the trial's checkpoint if it has one (a retry,
+    `--resume`, or a PBT exploit of another member's state)."""
+    cfg = spec.experiment_config(config)
+    ident = identity(config)
+    checkpoint = tune.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint else nullcontext() as resume:
+        if resume is not None and (Path(resume) / RESULT_FILE).is_file():
+            # Finished before an interruption: say so again, train nothing.
+            result = json.loads((Path(resume) / RESULT_FILE).read_text())
+            tune.report(final_metrics(ident, result, 0), checkpoint=checkpoint)
+            return
+        if spec.workers == 1:
+            _train_here(cfg, ident, resume)
+        else:
+            _train_with_workers(cfg, ident, spec, checkpoint)
+
+
+def _train_here(cfg: ExperimentConfig, ident: dict[str, Any], resume: str | None) -> None:
+    from ptray.core.train import train
+
+    reporter = Reporter(ident, tune.report)
+    with tempfile.TemporaryDirectory(prefix="ptray-run-") as out:
+        result = train(cfg, out, reporter=reporter, resume_dir=resume, progress=False)
+        tune.report(final_metrics(ident, result, reporter.last_step), checkpoint=tune.Checkpoint.from_directory(out))
+
+
+def _train_with_workers(cfg: ExperimentConfig, ident: dict[str, Any], spec: TrialSpec, checkpoint) -> None:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
+
+    queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    # A new Train run per attempt: Train would otherwise restore a previous attempt's run of the same name.
+    name = f"{tune.get_context().get_trial_name()}-{uuid.uuid4().hex[:6]}"
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={"config": cfg.to_dict(), "ident": ident, "resume": checkpoint},
+        scaling_config=ray.train.ScalingConfig(num_workers=spec.workers, use_gpu=spec.gpus_per_worker > 0,
+                                               resources_per_worker=spec.worker_resources()),
+        run_config=ray.train.RunConfig(name=name, storage_path=spec.train_storage, callbacks=[ForwardReports(queue)],
+                                       failure_config=ray.train.FailureConfig(max_failures=0),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.keep_checkpoints)),
+    )
+    errors: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as e:  # re-raised in the trial below: Tune retries or records it
+            errors.append(e)
+        finally:
+            queue.put(None)
+
+    threading.Thread(target=fit, daemon=True).start()
+    # Each report of the workers (rank 0's metrics, the checkpoint of all ranks) becomes a Tune report.
+    while (item := queue.get()) is not None:
+        tune.report(item[0], checkpoint=item[1])
+    if errors:
+        raise errors[0]
+
+
+class ForwardReports(UserCallback):
+    """Runs in the Ray Train controller: hands every report to the waiting Tune trial, and waits until it is taken
+    (the queue holds one), so workers never run ahead of Tune's decisions."""
+
+    def __init__(self, queue):
+        self.queue = queue
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        self.queue.put((metrics[0], checkpoint))
+
+
+def worker_loop(config: dict[str, Any]) -> None:
+    """A Ray Train worker: the core's `train` inside DeepSpeed (Ray Train made the process group, DeepSpeed reuses
+    it; ZeRO-3 shards the frozen backbone across the workers). Every rank reports as often as the others, each
+    with its own checkpoint shard; rank 0's last checkpoint holds the result."""
+    import ray.train
+
+    from ptray.core.train import train
+
+    cfg = config_from_dict(config["config"])
+    rank = ray.train.get_context().get_world_rank()
+    reporter = Reporter(config["ident"], ray.train.report)
+    resume = config["resume"]
+    with resume.as_directory() if resume else nullcontext() as resume_dir:
+        with tempfile.TemporaryDirectory(prefix="ptray-run-") as out:
+            result = train(cfg, out, reporter=reporter, resume_dir=resume_dir, progress=False)
+            final = final_metrics(config["ident"], result, reporter.last_step)
+            ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(out) if rank == 0 else None)
+
+
+# --- the driver side --------------------------------------------------------------------------------------------------
+def run_dir(experiment_dir: Path, config_id: str, seed: int) -> Path:
+    return experiment_dir / RUNS_DIR / config_id / f"seed{seed}"
+
+
+def register_configs(experiment_dir: Path, configs: dict[str, dict[str, Any]]) -> None:
+    """Add configs ({config_id: {overrides, label}}) to DIR/experiment.json (the driver is its only writer)."""
+    path = experiment_dir / EXPERIMENT_FILE
+    meta = json.loads(path.read_text())
+    new = {k: v for k, v in configs.items() if k not in meta["configs"]}
+    if new:
+        meta["configs"].update(new)
+        write_json(path, meta)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    # Write then rename: a reader never sees half a file.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+
+
+class ResultWriter(tune.Callback):
+    """On the driver: files every trial's outcome under DIR/runs/<config_id>/seed<N>/ (runs before the tracking
+    callback, which reads these files)."""
+
+    def __init__(self, experiment_dir: str | Path, spec: TrialSpec, primary_metric: str, scheduler_name: str):
+        self.dir = Path(experiment_dir)
+        self.spec, self.primary, self.scheduler_name = spec, primary_metric, scheduler_name
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        c = trial.config
+        register_configs(self.dir, {c["config_id"]: {"overrides": c["overrides"], "label": c["label"]}})
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        if last.get("done_ptray") and trial.checkpoint is not None:
+            self._copy_final(trial)
+        else:
+            self._record(trial, "stopped", f"stopped early by the {self.scheduler_name} scheduler at step "
+                                            f"{last.get('step', 0)} (its selection score then ranked low)")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        error = str(trial.get_error() or "no error text stored by Ray").strip()
+        self._record(trial, "failed", f"the trial crashed (retries: {trial.num_failures - 1}): "
+                                      f"{error.splitlines()[-1] if error else error}", traceback=error)
+
+    def _copy_final(self, trial) -> None:
+        out = run_dir(self.dir, trial.config["config_id"], trial.config["seed"])
+        with trial.checkpoint.as_directory() as d:
+            result = json.loads((Path(d) / RESULT_FILE).read_text())
+            if (Path(d) / ADAPTER_FILE).is_file():
+                out.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(Path(d) / ADAPTER_FILE, out / ADAPTER_FILE)
+        write_json(out / RESULT_FILE, {**result, **self._identity(trial)})
+
+    def _record(self, trial, status: str, reason: str, **extra) -> None:
+        """A seed whose trial never wrote a result: what the driver saw of it (its last report), and why."""
+        c, last = trial.config, trial.last_result or {}
+        selection = {k.removeprefix("selection/"): v for k, v in last.items() if k.startswith("selection/")}
+        cfg = self.spec.experiment_config(c)
+        result = {"seed": c["seed"], "status": status, "reason": reason, "task": cfg.task.name,
+                  "method": cfg.method.name, "model": cfg.model.name, "primary_metric": self.primary,
+                  "selection_metrics": selection or None, "report_metrics": {}, "steps": last.get("step", 0),
+                  "history": [], "config": cfg.to_dict(), **extra}
+        write_json(run_dir(self.dir, c["config_id"], c["seed"]) / RESULT_FILE, {**result, **self._identity(trial)})
+
+    @staticmethod
+    def _identity(trial) -> dict[str, Any]:
+        c = trial.config
+        return {"config_id": c["config_id"], "trial_id": trial.trial_id, "overrides": c["overrides"],
+                "label": c["label"]}
