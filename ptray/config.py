@@ -324,6 +324,17 @@ class ExperimentConfig(_Strict):
         space, kind = key.split("/")
         return PERTURBATIONS[key].config_class.model_validate({**v, "space": space, "kind": kind})
 
+    @field_validator("perturbation")
+    @classmethod
+    def _perturbed_prompt_exists(cls, v: PerturbationConfig | None, info) -> PerturbationConfig | None:
+        method = info.data.get("method")
+        if getattr(v, "prompt", False) and method is not None and method.name == "deep":
+            raise ValueError(
+                "perturbation.prompt is true, but method deep puts no prompt vectors into the input sequence (its "
+                "prefixes are attention keys/values); set perturbation.prompt=false to perturb the input only"
+            )
+        return v
+
     def to_dict(self) -> dict[str, Any]:
         # serialize_as_any: method and perturbation hold subclasses whose own fields would otherwise be dropped.
         return self.model_dump(mode="json", serialize_as_any=True)

@@ -5,6 +5,8 @@ training loop's loss is plain cross-entropy and prediction is argmax.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,6 +21,31 @@ MISSING = -1e9
 def option_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over each example's option scores (in fp32, whatever the backbone's dtype)."""
     return F.cross_entropy(scores.float(), labels)
+
+
+def _cache(prefixes):
+    """Deep prompts' per-layer (key, value) prefixes as the cache that HF attention layers extend with the input's."""
+    if prefixes is None:
+        return None
+    from transformers import DynamicCache
+
+    return DynamicCache(prefixes)
+
+
+@contextmanager
+def _encoder_prefixes(encoder, prefixes):
+    """Feed each T5 encoder self-attention layer its kv-prefix (the layer reads `past_key_values` by layer index)."""
+    cache = _cache(prefixes)
+
+    def feed(module, args, kwargs):
+        return args, {**kwargs, "past_key_values": cache}
+
+    handles = [block.layer[0].SelfAttention.register_forward_pre_hook(feed, with_kwargs=True) for block in encoder.block]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 class PromptModel(nn.Module):
@@ -42,6 +69,11 @@ class PromptModel(nn.Module):
         return self
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Every trainable tensor by name: the snapshot that load_trainable_state restores exactly."""
+        return {k: v.detach().clone() for k, v in self.named_parameters() if v.requires_grad}
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """What is saved as the trained adapter: the method's export (a residual prompt folds its MLP) + the head."""
         state = {f"method.{k}": v for k, v in self.method.export_state().items()}
         if self.family == "encoder":
             state.update({f"head.{k}": v.detach().clone() for k, v in self.head.state_dict().items()})
@@ -71,10 +103,10 @@ class PromptModel(nn.Module):
         kwargs = {}
         if "token_type_ids" in batch:
             # Prompt tokens belong to the first segment; input tokens keep their segment at their new place.
-            tt = torch.zeros_like(p.attention_mask)
+            tt = p.attention_mask.new_zeros(p.inputs_embeds.shape[:2])
             kwargs["token_type_ids"] = tt.scatter(1, p.token_positions, batch["token_type_ids"])
         out = self.backbone(inputs_embeds=p.inputs_embeds, attention_mask=p.attention_mask,
-                            past_key_values=p.past_key_values, **kwargs)
+                            past_key_values=_cache(p.past_key_values), **kwargs)
         hidden = out.last_hidden_state
         if self.pooling == "cls":
             pooled = hidden.gather(1, p.token_positions[:, :1, None].expand(-1, -1, hidden.shape[-1]))[:, 0]
@@ -88,12 +120,13 @@ class PromptModel(nn.Module):
     def _causal(self, batch, p) -> torch.Tensor:
         base = self.backbone.base_model
         hidden = base(inputs_embeds=p.inputs_embeds, attention_mask=p.attention_mask,
-                      past_key_values=p.past_key_values).last_hidden_state
+                      past_key_values=_cache(p.past_key_values)).last_hidden_state
         lm_head = self.backbone.get_output_embeddings()
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         if "target_mask" not in batch:
             # Classification: the next-token logits after the last attended position, at the label words.
-            last = p.attention_mask.shape[1] - 1 - p.attention_mask.flip(1).argmax(1)
+            mask = p.attention_mask[:, -hidden.shape[1]:]  # a deep prompt's mask also covers its kv-prefix
+            last = mask.shape[1] - 1 - mask.flip(1).argmax(1)
             return lm_head(hidden[rows, last]).float()[:, self.label_token_ids]
         # Multiple choice: mean log-probability of each candidate's tokens, each predicted from the position before it.
         r, t = batch["target_mask"].nonzero(as_tuple=True)
@@ -104,14 +137,21 @@ class PromptModel(nn.Module):
         return (total / batch["target_mask"].sum(1).clamp(min=1))[:, None]
 
     def _seq2seq(self, batch, p) -> torch.Tensor:
-        rows = p.inputs_embeds.shape[0]
+        rows, length = p.inputs_embeds.shape[:2]
         start = self.backbone.config.decoder_start_token_id
+        source = {"inputs_embeds": p.inputs_embeds, "attention_mask": p.attention_mask}
+        if p.past_key_values is not None:
+            # T5's encoder stack drops caches, so deep prompts' prefixes reach its self-attention layers through
+            # a hook; the decoder then cross-attends to the encoder states under the input's own mask.
+            with _encoder_prefixes(self.backbone.encoder, p.past_key_values):
+                states = self.backbone.encoder(**source)
+            source = {"encoder_outputs": states, "attention_mask": p.attention_mask[:, -length:]}
         if "decoder_targets" not in batch:
             dec = torch.full((rows, 1), start, dtype=torch.long, device=p.inputs_embeds.device)
-            out = self.backbone(inputs_embeds=p.inputs_embeds, attention_mask=p.attention_mask, decoder_input_ids=dec)
+            out = self.backbone(**source, decoder_input_ids=dec)
             return out.logits[:, 0].float()[:, self.label_token_ids]
         targets = batch["decoder_targets"]
-        out = self.backbone(inputs_embeds=p.inputs_embeds, attention_mask=p.attention_mask, labels=targets)
+        out = self.backbone(**source, labels=targets)
         logp = F.log_softmax(out.logits.float(), dim=-1)
         valid = targets != -100
         token_lp = logp.gather(2, targets.clamp(min=0)[..., None])[..., 0] * valid

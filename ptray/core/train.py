@@ -193,7 +193,7 @@ class TrainLoop:
         self.pad_id = encoder.tokenizer.pad_token_id
         self.perturbation = build_perturbation(cfg, encoder.tokenizer, rank)
         self.history: list[dict] = []
-        self.best = {"score": -math.inf, "step": 0, "metrics": None, "state": None}
+        self.best = {"score": -math.inf, "step": 0, "metrics": None, "state": None, "adapter": {}}
         self.train_seconds = self.eval_seconds = 0.0
         self.examples_seen = 0
         self.steps_done = 0
@@ -249,7 +249,8 @@ class TrainLoop:
                 record["selection"] = metrics
                 score = metrics[self.p.task.primary_metric]
                 if score > self.best["score"]:
-                    self.best = {"score": score, "step": step, "metrics": metrics, "state": self._trainable_state()}
+                    self.best = {"score": score, "step": step, "metrics": metrics, "state": self._trainable_state(),
+                                 "adapter": self._trainable_state(export=True)}
                     patience = 0
                 else:
                     patience += 1
@@ -310,9 +311,11 @@ class TrainLoop:
     def _trainable_params(self):
         return [x for x in self.model.parameters() if x.requires_grad]
 
-    def _trainable_state(self):
+    def _trainable_state(self, export: bool = False):
+        # export: the adapter's form (a residual prompt folds its MLP away) instead of the exact snapshot.
         with gathered(self._trainable_params()):
-            return {k: v.detach().cpu().clone() for k, v in self.model.trainable_state().items()}
+            state = self.model.adapter_state() if export else self.model.trainable_state()
+            return {k: v.detach().cpu().clone() for k, v in state.items()}
 
     def _load_trainable_state(self, state):
         with gathered(self._trainable_params(), modify=True):
@@ -322,7 +325,7 @@ class TrainLoop:
         from safetensors.torch import save_file
 
         self.out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.contiguous() for k, v in self.best["state"].items()} if self.best["state"] else {}
+        state = {k: v.contiguous() for k, v in self.best["adapter"].items()}
         save_file(state, str(self.out / ADAPTER_FILE), metadata={"config": json.dumps(self.cfg.to_dict())})
 
     def _saver(self, step: int) -> Callable[[Path], None]:

@@ -15,7 +15,8 @@ class Prompted(NamedTuple):
     attention_mask: torch.Tensor  # [R, T']
     # token_positions[r, t]: index in the new sequence of input token t of row r.
     token_positions: torch.Tensor  # [R, T]
-    # Deep prompts: per-layer key/value prefixes the backbone attends to (None for input-level prompts).
+    # Deep prompts: one (key, value) prefix per layer, each [R, kv_heads, L, head_dim], that the backbone attends
+    # to; attention_mask then covers those L slots first (None for input-level prompts).
     past_key_values: Any = None
 
 
