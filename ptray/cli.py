@@ -48,6 +48,68 @@ def _print_result(result: dict, out: Path) -> None:
     print(f"trainable params {result['trainable_params']:,}  total {result['timings']['total_s']:.1f}s  -> {out}")
 
 
+def cmd_report(args) -> int:
+    from ptray.tracking.results import load_experiment
+
+    try:
+        load_experiment(args.dir).baseline(args.baseline)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from ptray.analysis.report import write_report
+    from ptray.tracking.summary import print_summary
+
+    md = write_report(args.dir, baseline=args.baseline, log_mlflow=not args.no_mlflow)
+    print_summary(args.dir)
+    print(f"report: {md}")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    import subprocess
+
+    from ptray.tracking.results import read_experiment_json
+    from ptray.tracking.store import DB_FILE, resolve_tracking_uri
+
+    try:
+        meta = read_experiment_json(args.dir)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    uri = resolve_tracking_uri(args.dir, meta.get("config"))
+    if uri.startswith(("http://", "https://", "databricks")):
+        print(f"{meta.get('name')} is tracked on {uri}: open that server's UI")
+        return 0
+    if uri.startswith("sqlite:") and not (Path(args.dir) / DB_FILE).is_file():
+        print(f"error: no MLflow store at {Path(args.dir) / DB_FILE}; `ptray report {args.dir}` logs the folder",
+              file=sys.stderr)
+        return 2
+    print(f"MLflow UI for {meta.get('name')} ({uri}): http://127.0.0.1:{args.port}  (Ctrl-C stops it)", flush=True)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(args.port), "--workers", "1"]
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_landscape(args) -> int:
+    from ptray.analysis.landscape import check_args
+
+    try:
+        check_args(Path(args.result_dir), args.directions, args.points, args.span, args.radius, args.split)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from ptray.analysis.landscape import landscape
+
+    out = landscape(args.result_dir, args.directions, args.points, args.span, args.radius, args.split,
+                    args.max_examples, args.seed, args.output, args.data_dir)
+    print(f"loss at the trained prompt {out['center_loss']:.4f}; mean increase within radius {out['radius']}: "
+          f"{out['mean_loss_increase']:.4f}  -> {out['png']}")
+    return 0
+
+
 def cmd_tune(args) -> int:
     from ptray.distributed.runner import run_experiment
 
@@ -74,6 +136,31 @@ def build_parser() -> argparse.ArgumentParser:
                                      "else a local Ray in this process)")
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted experiment in DIR")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("report", help="stability report of an experiment folder: tables and figures in DIR/report")
+    p.add_argument("dir", help="experiment folder (written by ptray tune; holds experiment.json)")
+    p.add_argument("--baseline", help="config id or label to compare against (default: the vanilla config)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the runs and the report to MLflow")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("ui", help="start the MLflow UI for an experiment folder's store on 127.0.0.1")
+    p.add_argument("dir", help="experiment folder")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("landscape", help="loss surface around a trained prompt (PNG + JSON in RESULT_DIR/landscape)")
+    p.add_argument("result_dir", help="a seed's folder holding result.json and adapter.safetensors")
+    p.add_argument("--directions", default="gradient", choices=["gradient", "random"],
+                   help="the gradient and an orthogonal direction, or two filter-normalised random ones")
+    p.add_argument("--points", type=int, default=11, help="grid points per direction (odd)")
+    p.add_argument("--span", type=float, default=1.0, help="the grid covers [-span, span] along each direction")
+    p.add_argument("--radius", type=float, default=0.5, help="radius of the reported mean loss increase")
+    p.add_argument("--split", default="train", choices=["train", "selection", "report"])
+    p.add_argument("--max-examples", type=int, help="use the first N examples of the split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random directions")
+    p.add_argument("--output", help="output folder (default RESULT_DIR/landscape)")
+    p.add_argument("--data-dir", help="task data folder, if not where the run found it")
+    p.set_defaults(func=cmd_landscape)
     return parser
 
 

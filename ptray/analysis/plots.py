@@ -101,8 +101,10 @@ def seed_strip_plot(
     if baseline is not None:
         ax.axhline(baseline, color="gray", linestyle="--", linewidth=1, label="majority baseline")
     ax.set_xticks(positions)
-    long_names = max((len(n) for n in names), default=0) > 10
-    ax.set_xticklabels(names, rotation=30 if long_names else 0, ha="right" if long_names else "center")
+    # Config labels list searched values ("a=1, b=2"): one per line keeps them readable without squeezing the axes.
+    labels = [n.replace(", ", "\n") for n in names]
+    long_names = max((len(line) for n in labels for line in n.splitlines()), default=0) > 10
+    ax.set_xticklabels(labels, rotation=30 if long_names else 0, ha="right" if long_names else "center")
     ax.set_xlim(0.4, len(names) + 0.6)
     ax.set_ylim(lo - (0.3 if any_failed else 0.08) * span, hi + 0.08 * span)
     ax.set_ylabel(metric_name)

@@ -39,6 +39,7 @@ from scipy import stats as _st
 __all__ = [
     "CI_METHOD",
     "summarize",
+    "failed_mask",
     "expected_max_performance",
     "compare",
     "majority_baseline",
@@ -119,15 +120,7 @@ def summarize(
         the CI are NaN.
     """
     v = _as_1d_float(values, "values")
-    bad = ~np.isfinite(v)
-    if failed is not None:
-        flags = np.asarray(failed, dtype=bool)
-        if flags.shape != v.shape:
-            raise ValueError(f"failed has shape {flags.shape}, values has shape {v.shape}")
-        bad |= flags
-    if baseline is not None:
-        with np.errstate(invalid="ignore"):  # NaNs are already marked bad
-            bad |= v <= float(baseline) + _BASELINE_ATOL
+    bad = failed_mask(v, failed, baseline)
     ok = v[~bad]
 
     n_seeds = int(v.size)
@@ -154,6 +147,32 @@ def summarize(
         ci95_high=hi,
     )
     return out
+
+
+def failed_mask(
+    values: Sequence[float] | np.ndarray,
+    failed: Sequence[bool] | np.ndarray | None = None,
+    baseline: float | Sequence[float] | np.ndarray | None = None,
+) -> np.ndarray:
+    """Boolean mask of the failed seeds, by the definition in the module docstring.
+
+    ``baseline`` is one majority-class accuracy for all seeds, or one per seed
+    (seeds evaluated on different report subsets); a NaN baseline flags nothing.
+    Callers with several metrics per seed compute the mask once on the
+    accuracy and pass it as ``failed`` to :func:`summarize` for every metric,
+    so all metrics agree on which seeds failed.
+    """
+    v = _as_1d_float(values, "values")
+    bad = ~np.isfinite(v)
+    if failed is not None:
+        flags = np.asarray(failed, dtype=bool)
+        if flags.shape != v.shape:
+            raise ValueError(f"failed has shape {flags.shape}, values has shape {v.shape}")
+        bad |= flags
+    if baseline is not None:
+        with np.errstate(invalid="ignore"):  # NaN values are already marked bad; NaN baselines compare False
+            bad |= v <= np.asarray(baseline, dtype=float) + _BASELINE_ATOL
+    return bad
 
 
 def expected_max_performance(

@@ -95,13 +95,7 @@ def train(cfg: ExperimentConfig, output_dir: str | Path | None = None, reporter:
     engine = None
     try:
         seed_everything(cfg.train.seed)
-        backbone = bb.load_backbone(cfg.model)
-        model = build_model(cfg, backbone, p.task)
-        model.to(p.device)
-        encoder = Encoder(p.task, backbone.tokenizer, backbone.family, cfg.task.max_seq_length)
-        model.label_token_ids = torch.tensor(encoder.label_token_ids, dtype=torch.long, device=p.device)
-        data = {role: [encoder.encode(e) for e in exs] for role, exs in
-                (("train", p.train), ("selection", p.selection), ("report", p.report))}
+        model, encoder, data = load_model(cfg, p)
         result["trainable_params"] = sum(x.numel() for x in model.parameters() if x.requires_grad)
         t_load = time.perf_counter()
         result["timings"] = {"load_s": t_load - t0}
@@ -137,6 +131,19 @@ def train(cfg: ExperimentConfig, output_dir: str | Path | None = None, reporter:
         out.mkdir(parents=True, exist_ok=True)
         (out / RESULT_FILE).write_text(json.dumps(result, indent=2, default=_json_default))
     return result
+
+
+def load_model(cfg: ExperimentConfig, p: Prepared) -> tuple[PromptModel, Encoder, dict[str, list]]:
+    """Backbone + the config's prompt method on the device, its encoder, and the encoded splits (train, selection,
+    report): what training starts from, and what an analysis of a trained adapter rebuilds."""
+    backbone = bb.load_backbone(cfg.model)
+    model = build_model(cfg, backbone, p.task)
+    model.to(p.device)
+    encoder = Encoder(p.task, backbone.tokenizer, backbone.family, cfg.task.max_seq_length)
+    model.label_token_ids = torch.tensor(encoder.label_token_ids, dtype=torch.long, device=p.device)
+    data = {role: [encoder.encode(e) for e in exs] for role, exs in
+            (("train", p.train), ("selection", p.selection), ("report", p.report))}
+    return model, encoder, data
 
 
 def build_model(cfg: ExperimentConfig, backbone: bb.Backbone, task: Task) -> PromptModel:

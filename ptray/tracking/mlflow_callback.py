@@ -1,0 +1,90 @@
+"""The Ray Tune side of tracking: `MLflowSeedCallback` runs on the Tune driver and feeds `Tracker` (the only writer).
+
+`log_experiment` is re-exported here: `ptray tune` calls it at the end so seeds whose trials never reported are
+recorded too.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ray.tune import Callback
+
+from ptray.tracking.results import RESULT_FILE, RUNS_DIR, SeedResult
+from ptray.tracking.store import Tracker, log_experiment, resolve_tracking_uri
+
+__all__ = ["MLflowSeedCallback", "log_experiment", "resolve_tracking_uri"]
+
+
+class MLflowSeedCallback(Callback):
+    """Ray Tune callback (runs on the driver): a parent run per config_id, a child run per (config_id, seed).
+
+    Pass it to `tune.RunConfig(callbacks=[...])`. Trials follow the ptray contract: their config holds config_id,
+    seed, overrides and label; every report carries step, loss and selection/<metric>; the last one done_ptray,
+    status, report/<metric> and reason.
+    """
+
+    def __init__(self, tracking_uri: str, experiment_name: str, experiment_dir: str | Path):
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        self.experiment_dir = str(experiment_dir)
+        self._tracker: Tracker | None = None
+        self._last: dict[str, dict] = {}
+
+    def __getstate__(self):
+        # Tune pickles its callbacks with the experiment state; a database client does not pickle.
+        return {**self.__dict__, "_tracker": None}
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            self._tracker = Tracker(self.tracking_uri, self.experiment_name, self.experiment_dir)
+        return self._tracker
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        c = trial.config
+        cid, seed = c["config_id"], int(c["seed"])
+        self.tracker.child(cid, seed, c.get("label") or cid, c.get("overrides") or {}, trial.trial_id)
+        self._last[trial.trial_id] = result
+        metrics = {k: v for k, v in result.items() if k == "loss" or k.startswith("selection/")}
+        # The final report repeats the last evaluation; its step history then comes from result.json.
+        if "step" in result and metrics and not result.get("done_ptray"):
+            self.tracker.log_step(cid, seed, int(result["step"]), metrics)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial, error=None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, error=_error_text(trial))
+
+    def on_experiment_end(self, trials, **info):
+        self.tracker.sync()
+
+    def _finish(self, trial, error: str | None) -> None:
+        c = trial.config
+        cid, seed = c["config_id"], int(c["seed"])
+        path = Path(self.experiment_dir) / RUNS_DIR / cid / f"seed{seed}" / RESULT_FILE
+        if path.is_file():
+            result = SeedResult.from_file(path, cid)
+        else:
+            result = _from_report(cid, seed, self._last.get(trial.trial_id, {}), error)
+        result.trial_id = trial.trial_id
+        self.tracker.seed_finished(cid, c.get("label") or cid, c.get("overrides") or {}, result)
+
+
+def _error_text(trial) -> str:
+    # The driver's local copy exists when this callback runs; get_error() reads the storage copy, synced later.
+    local = trial.error_file
+    if local and Path(local).is_file():
+        return Path(local).read_text()
+    return str(trial.get_error() or f"trial {trial.trial_id} errored (no error text stored by Ray)")
+
+
+def _from_report(config_id: str, seed: int, last: dict, error: str | None) -> SeedResult:
+    """A seed's result from its last Tune report, for when its result.json is not visible to the driver."""
+    if error is not None:
+        last_line = next((line for line in reversed(error.strip().splitlines()) if line.strip()), error)
+        return SeedResult(config_id, seed, "failed", f"trial error: {last_line.strip()}", raw={"traceback": error})
+    if not last.get("done_ptray"):
+        return SeedResult(config_id, seed, "failed", "the trial ended without a final report or a result.json")
+    report = {k.removeprefix("report/"): float(v) for k, v in last.items() if k.startswith("report/")}
+    return SeedResult(config_id, seed, last.get("status", "failed"), last.get("reason"), report=report)

@@ -1,0 +1,231 @@
+"""An experiment folder's results as per-config, per-seed arrays: the one place that reads `result.json` files.
+
+Layout (written by `ptray tune`; the core's `train` writes each result.json):
+
+    DIR/experiment.json                          name, base config, seeds, configs {config_id: {overrides, label}}
+    DIR/runs/<config_id>/seed<N>/result.json     one per (config, seed), failed seeds included
+
+A (config, seed) that experiment.json promises but that has no result.json is kept as a `missing` seed (the trial
+crashed before the core wrote its result, or has not run yet): it counts as failed, never silently dropped. A seed a
+scheduler stopped early (status `stopped`) was pruned, not failed: it is listed, but left out of the statistics.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ptray.analysis import stats
+
+EXPERIMENT_FILE = "experiment.json"
+RUNS_DIR = "runs"
+RESULT_FILE = "result.json"  # the core's name (ptray.core.train.RESULT_FILE); not imported to keep torch out
+MISSING_REASON = "no result.json: the trial crashed before training finished, or has not run yet"
+
+
+@dataclass
+class SeedResult:
+    config_id: str
+    seed: int
+    status: str  # ok | failed | missing | stopped
+    reason: str | None = None
+    report: dict[str, float] = field(default_factory=dict)
+    selection: dict[str, float] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    majority_baseline: float = math.nan
+    trial_id: str | None = None
+    path: Path | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict, config_id: str, path: Path | None = None) -> "SeedResult":
+        baseline = d.get("majority_baseline")
+        return cls(
+            config_id=d.get("config_id") or config_id,
+            seed=int(d["seed"]),
+            status=d.get("status", "failed"),
+            reason=d.get("reason"),
+            report={k: _num(v) for k, v in (d.get("report_metrics") or {}).items()},
+            selection={k: _num(v) for k, v in (d.get("selection_metrics") or {}).items()},
+            history=list(d.get("history") or []),
+            majority_baseline=_num(baseline),
+            trial_id=d.get("trial_id"),
+            path=path,
+            raw=d,
+        )
+
+    @classmethod
+    def from_file(cls, path: Path, config_id: str) -> "SeedResult":
+        try:
+            d = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            # A truncated file (a worker killed mid-write) is a failed seed with a reason, not a crash of the report.
+            seed = int(Path(path).parent.name.removeprefix("seed"))
+            return cls(config_id, seed, "failed", f"unreadable {path}: {e}", path=Path(path))
+        return cls.from_dict(d, config_id, Path(path))
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def curve(self, key: str) -> list[tuple[float, float]]:
+        """(step, value) points of `loss` or of a selection metric `selection/<name>` over training."""
+        if key == "loss":
+            return [(h["step"], _num(h.get("loss"))) for h in self.history]
+        name = key.removeprefix("selection/")
+        return [(h["step"], _num(h["selection"].get(name))) for h in self.history if h.get("selection")]
+
+
+@dataclass
+class ConfigResults:
+    config_id: str
+    label: str
+    overrides: dict[str, Any]
+    config: dict[str, Any]  # the effective config of its runs (the base config where no run wrote one)
+    primary_metric: str
+    seeds: list[SeedResult]
+
+    @property
+    def method(self) -> str:
+        return str(self.overrides.get("method.name") or self.config.get("method", {}).get("name", "vanilla"))
+
+    @property
+    def scored(self) -> list[SeedResult]:
+        """The seeds the statistics are over: all but those a scheduler stopped early."""
+        return [s for s in self.seeds if s.status != "stopped"]
+
+    @property
+    def seed_ids(self) -> list[int]:
+        return [s.seed for s in self.scored]
+
+    def metric(self, name: str) -> np.ndarray:
+        """Per scored seed, its report metric; NaN where the seed failed or did not report it."""
+        return np.array([s.report.get(name, math.nan) if s.ok else math.nan for s in self.scored], dtype=float)
+
+    def failed(self) -> np.ndarray:
+        """Per scored seed: failed, diverged, missing, or (by report accuracy) at or below the majority baseline."""
+        primary = self.metric(self.primary_metric)
+        # The majority baseline is an accuracy; tasks whose report has no accuracy are judged by status only.
+        acc = [s.report.get("accuracy", p) for s, p in zip(self.scored, primary)]
+        base = [s.majority_baseline if "accuracy" in s.report else math.nan for s in self.scored]
+        not_ok = [not s.ok or not math.isfinite(p) for s, p in zip(self.scored, primary)]
+        return stats.failed_mask(acc, not_ok, base)
+
+    def failed_seeds(self) -> list[SeedResult]:
+        return [s for s, bad in zip(self.scored, self.failed()) if bad]
+
+    def summary(self, metric: str | None = None, n_boot: int = 10000) -> dict:
+        return stats.summarize(self.metric(metric or self.primary_metric), failed=self.failed(), n_boot=n_boot)
+
+    def ok_values(self, metric: str | None = None) -> np.ndarray:
+        """Per-seed values with every failed seed (by `failed`) as NaN: what plots and comparisons take."""
+        v = self.metric(metric or self.primary_metric)
+        v[self.failed()] = math.nan
+        return v
+
+    def curves(self, key: str) -> dict[int, list[tuple[float, float]]]:
+        return {s.seed: s.curve(key) for s in self.seeds if s.history}
+
+    def failure_reason(self, s: SeedResult) -> str:
+        if not s.ok:
+            return s.reason or s.status
+        acc = s.report.get("accuracy", math.nan)
+        return f"report accuracy {acc:.4f} at or below the majority-class baseline {s.majority_baseline:.4f}"
+
+
+@dataclass
+class Experiment:
+    dir: Path
+    name: str
+    config: dict[str, Any]
+    seeds: list[int]
+    configs: dict[str, ConfigResults]
+    baseline_config_id: str | None
+    primary_metric: str
+
+    def baseline(self, choice: str | None = None) -> ConfigResults:
+        """The reference config: `choice` (id or label), else experiment.json's, else the first vanilla config,
+        else the first."""
+        if choice is not None:
+            for c in self.configs.values():
+                if choice in (c.config_id, c.label):
+                    return c
+            known = ", ".join(f"{c.config_id} ({c.label})" for c in self.configs.values())
+            raise ValueError(f"baseline {choice!r} is neither a config id nor a label of {self.dir}; known: {known}")
+        if self.baseline_config_id in self.configs:
+            return self.configs[self.baseline_config_id]
+        vanilla = [c for c in self.configs.values() if c.method == "vanilla"]
+        return (vanilla or list(self.configs.values()))[0]
+
+    def report_metrics(self) -> list[str]:
+        """Report metrics seen in any result, the primary one first."""
+        names = dict.fromkeys([self.primary_metric])
+        for c in self.configs.values():
+            for s in c.seeds:
+                names.update(dict.fromkeys(s.report))
+        return list(names)
+
+    def searched(self) -> dict[str, dict[str, Any]]:
+        """Searched keys -> {config_id: value}, for keys that take more than one value across configs."""
+        keys: dict[str, dict[str, Any]] = {}
+        for c in self.configs.values():
+            for k, v in c.overrides.items():
+                keys.setdefault(k, {})[c.config_id] = v
+        return {k: v for k, v in keys.items() if len({json.dumps(x, sort_keys=True) for x in v.values()}) > 1}
+
+
+def read_experiment_json(directory: str | Path) -> dict:
+    path = Path(directory) / EXPERIMENT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{directory} is not a ptray experiment folder: {EXPERIMENT_FILE} is missing; "
+            f"pass the folder that `ptray tune` wrote (its --output)"
+        )
+    return json.loads(path.read_text())
+
+
+def load_experiment(directory: str | Path) -> Experiment:
+    root = Path(directory)
+    meta = read_experiment_json(root)
+    declared: dict[str, dict] = dict(meta.get("configs") or {})
+    runs = root / RUNS_DIR
+    on_disk = sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
+    seeds = [int(s) for s in meta.get("seeds") or []]
+
+    ids = list(declared) + [c for c in on_disk if c not in declared]
+    loaded = {cid: load_config_seeds(root, cid, seeds) for cid in ids}
+
+    primary = next((s.raw["primary_metric"] for rs in loaded.values() for s in rs if s.raw.get("primary_metric")),
+                   "accuracy")
+    configs = {}
+    for cid, results in loaded.items():
+        info = declared.get(cid, {})
+        first = next((s.raw for s in results if s.raw.get("config")), {})
+        overrides = info.get("overrides") or first.get("overrides") or {}
+        label = info.get("label") or first.get("label") or cid
+        configs[cid] = ConfigResults(cid, label, overrides, first.get("config") or meta.get("config") or {},
+                                     primary, results)
+    if not configs:
+        raise FileNotFoundError(f"{root} holds no configs: experiment.json lists none and {runs} has no run folders")
+    return Experiment(root, meta.get("name") or root.name, meta.get("config") or {}, seeds, configs,
+                      meta.get("baseline_config_id"), primary)
+
+
+def load_config_seeds(directory: str | Path, config_id: str, seeds: list[int]) -> list[SeedResult]:
+    """A config's seeds, sorted: every result.json under DIR/runs/<config_id>/, and `missing` for promised seeds."""
+    found = {}
+    for f in sorted((Path(directory) / RUNS_DIR / config_id).glob(f"seed*/{RESULT_FILE}")):
+        r = SeedResult.from_file(f, config_id)
+        found[r.seed] = r
+    for s in seeds:
+        found.setdefault(s, SeedResult(config_id, s, "missing", MISSING_REASON))
+    return [found[s] for s in sorted(found)]
+
+
+def _num(v) -> float:
+    # result.json writes NaN as NaN (json allows it) but a value may also be null for a metric never computed.
+    return math.nan if v is None else float(v)

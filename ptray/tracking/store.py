@@ -1,0 +1,252 @@
+"""MLflow records of a ptray experiment: a parent run per configuration, a child run per seed.
+
+    experiment (= experiment.json "name")
+      parent run per config_id   params: the config without the seed; metrics: aggregates over the finished seeds
+        child run per seed        tag mlflow.parentRunId; params + train.seed; per-step loss/selection metrics;
+                                  final report/selection metrics; status FAILED with ptray.failure_reason on failure
+
+One writer: `Tracker` is used from one process only, the Ray Tune driver (through
+`ptray.tracking.mlflow_callback.MLflowSeedCallback`) or the CLI, so concurrent trials never race on the store (SQLite
+locks under concurrent writers). `log_experiment(DIR, uri)` writes the same structure from the result.json files
+alone: idempotent, it fills in what the callback missed (seeds that crashed before their first report) and is how a
+finished folder is (re)logged. No Ray import here: the report and the UI use this module without a cluster.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ptray.tracking.results import (
+    ConfigResults, SeedResult, load_config_seeds, load_experiment, read_experiment_json,
+)
+
+DB_FILE = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+# MLflow refuses longer tag values (8000 in MLflow 3); a traceback's head says enough.
+_MAX_TAG = 5000
+_MAX_PARAM = 6000
+_SUMMARY_STATS = ("mean", "std", "median", "iqr", "min", "max", "ci95_low", "ci95_high")
+
+
+def resolve_tracking_uri(experiment_dir: str | Path, config: dict | None = None) -> str:
+    """Where an experiment is tracked: the config's tracking.uri, else $MLFLOW_TRACKING_URI, else DIR/mlflow.db."""
+    uri = ((config or {}).get("tracking") or {}).get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{Path(experiment_dir).resolve() / DB_FILE}"
+
+
+def log_experiment(experiment_dir: str | Path, tracking_uri: str | None = None) -> "Tracker":
+    """Log (or bring up to date) every config and seed of an experiment folder from its result.json files."""
+    meta = read_experiment_json(experiment_dir)
+    uri = tracking_uri or resolve_tracking_uri(experiment_dir, meta.get("config"))
+    tracker = Tracker(uri, meta.get("name") or Path(experiment_dir).name, experiment_dir)
+    tracker.sync()
+    return tracker
+
+
+class Tracker:
+    """Writes one experiment folder's runs to MLflow. Use from a single process (the Tune driver, or the CLI)."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str, experiment_dir: str | Path):
+        from mlflow import MlflowClient
+
+        self.uri = tracking_uri
+        self.dir = Path(experiment_dir).resolve()
+        self.client = MlflowClient(tracking_uri)
+        self.meta = read_experiment_json(self.dir)
+        self.experiment_id = self._experiment(experiment_name)
+        self._parents: dict[str, str] = {}
+        self._children: dict[tuple[str, int], str] = {}
+        # Seeds finished in this process, by config: they win over what is on disk (a result.json may not be
+        # visible to the driver when workers write to their own node's disk).
+        self._finals: dict[str, dict[int, SeedResult]] = {}
+
+    # --- runs ------------------------------------------------------------------------------------------------
+    def _experiment(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        # A local SQLite store would otherwise put artifacts in ./mlruns of whatever folder the command ran in.
+        location = (self.dir / ARTIFACTS_DIR).as_uri() if self.uri.startswith("sqlite:") else None
+        return self.client.create_experiment(name, artifact_location=location, tags={"ptray.dir": str(self.dir)})
+
+    def _find(self, **tags: str) -> str | None:
+        # Runs are keyed by tags, not names, so a resumed sweep or a second log_experiment reuses them. The folder
+        # is part of the key: two folders may share a name on one tracking server.
+        clauses = [f"tags.`ptray.{k}` = '{v}'" for k, v in {"dir": str(self.dir), **tags}.items()]
+        runs = self.client.search_runs([self.experiment_id], " and ".join(clauses), max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def parent(self, config_id: str, label: str, overrides: dict) -> str:
+        if config_id not in self._parents:
+            run_id = self._find(role="parent", config_id=config_id)
+            if run_id is None:
+                tags = {"ptray.role": "parent", "ptray.dir": str(self.dir), "ptray.config_id": config_id,
+                        "ptray.label": label, "ptray.overrides": json.dumps(overrides, sort_keys=True)}
+                run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=label).info.run_id
+                self._add_params(run_id, self._params(overrides))
+            self._parents[config_id] = run_id
+        return self._parents[config_id]
+
+    def child(self, config_id: str, seed: int, label: str, overrides: dict, trial_id: str | None = None) -> str:
+        key = (config_id, seed)
+        if key not in self._children:
+            run_id = self._find(role="seed", config_id=config_id, seed=str(seed))
+            if run_id is None:
+                tags = {"mlflow.parentRunId": self.parent(config_id, label, overrides), "ptray.role": "seed",
+                        "ptray.dir": str(self.dir), "ptray.config_id": config_id, "ptray.seed": str(seed),
+                        "ptray.label": label}
+                run_id = self.client.create_run(self.experiment_id, tags=tags,
+                                                run_name=f"{label} seed{seed}").info.run_id
+                self._add_params(run_id, {**self._params(overrides), "train.seed": seed})
+            self._children[key] = run_id
+        if trial_id:
+            self.client.set_tag(self._children[key], "ptray.trial_id", trial_id)
+        return self._children[key]
+
+    def _params(self, overrides: dict) -> dict:
+        """Everything that defines a config but the seed: the base config with the searched values on top."""
+        flat = _flatten({k: v for k, v in (self.meta.get("config") or {}).items() if k not in ("tune", "tracking")})
+        flat.update(overrides)
+        flat.pop("train.seed", None)
+        return flat
+
+    def _add_params(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param
+
+        # MLflow forbids changing a logged param; params learnt later (the full config of a result) only add keys.
+        have = self.client.get_run(run_id).data.params
+        new = [Param(k, _text(v, _MAX_PARAM)) for k, v in params.items() if k not in have]
+        if new:
+            self.client.log_batch(run_id, params=new)
+
+    # --- metrics ---------------------------------------------------------------------------------------------
+    def log_step(self, config_id: str, seed: int, step: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = _now_ms()
+        run_id = self._children[(config_id, seed)]
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, int(step)) for k, v in metrics.items()])
+
+    def finish_seed(self, config: ConfigResults, result: SeedResult) -> None:
+        """Record a finished (or failed) seed on its child run: history, final metrics, status and reason."""
+        from mlflow.entities import Metric
+
+        run_id = self.child(config.config_id, result.seed, config.label, config.overrides, result.trial_id)
+        if result.raw.get("config"):
+            full = {k: v for k, v in result.raw["config"].items() if k not in ("tune", "tracking")}
+            self._add_params(run_id, {**_flatten(full), **config.overrides})
+        now = _now_ms()
+        # Per-step history from result.json: only the steps the live callback did not already log.
+        points = []
+        selection = dict.fromkeys(k for h in result.history for k in h.get("selection") or {})
+        for key in ["loss", *(f"selection/{m}" for m in selection)]:
+            have = {m.step for m in self.client.get_metric_history(run_id, key)}
+            points += [Metric(key, v, now, int(s)) for s, v in result.curve(key) if int(s) not in have]
+        finals = {f"report/{k}": v for k, v in result.report.items()}
+        finals.update({f"best_selection/{k}": v for k, v in result.selection.items()})
+        raw = result.raw
+        finals.update({k: raw[k] for k in ("best_step", "steps", "trainable_params") if raw.get(k) is not None})
+        finals["majority_baseline"] = result.majority_baseline
+        if raw.get("throughput"):
+            finals["train_examples_per_s"] = raw["throughput"]["train_examples_per_s"]
+        finals.update({f"time/{k}": v for k, v in (raw.get("timings") or {}).items()})
+        latest = self.client.get_run(run_id).data.metrics
+        points += [Metric(k, float(v), now, 0) for k, v in finals.items() if not _same(latest.get(k), float(v))]
+        if points:
+            self.client.log_batch(run_id, metrics=points)
+
+        failed = any(s is result for s in config.failed_seeds())
+        tags = {"ptray.status": result.status, "ptray.failed": str(failed).lower()}
+        if failed:
+            tags["ptray.failure_reason"] = _text(config.failure_reason(result), _MAX_TAG)
+        if raw.get("traceback"):
+            tags["ptray.traceback"] = raw["traceback"][-_MAX_TAG:]  # the end of a traceback says what broke
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, v)
+        if result.path is not None:
+            self.client.log_artifact(run_id, str(result.path))
+        status = {"ok": "FINISHED", "stopped": "KILLED"}.get(result.status, "FAILED")
+        self.client.set_terminated(run_id, status)
+
+    def update_parent(self, config: ConfigResults) -> None:
+        """Aggregates over the config's finished seeds, logged at step = number of finished seeds."""
+        from mlflow.entities import Metric
+
+        run_id = self.parent(config.config_id, config.label, config.overrides)
+        metrics: dict[str, float] = {}
+        for name in dict.fromkeys([config.primary_metric, *(k for s in config.seeds for k in s.report)]):
+            s = config.summary(name)
+            metrics.update({f"report/{name}/{k}": s[k] for k in _SUMMARY_STATS})
+            metrics.update({k: s[k] for k in ("n_seeds", "n_ok", "n_failed", "failure_rate")})
+        latest = self.client.get_run(run_id).data.metrics
+        step, now = len(config.seeds), _now_ms()
+        changed = [Metric(k, float(v), now, step) for k, v in metrics.items() if not _same(latest.get(k), float(v))]
+        if changed:
+            self.client.log_batch(run_id, metrics=changed)
+
+    def log_artifacts(self, config_id: str, files: list[Path], artifact_path: str | None = None) -> None:
+        run_id = self._parents.get(config_id) or self._find(role="parent", config_id=config_id)
+        for f in files:
+            self.client.log_artifact(run_id, str(f), artifact_path)
+
+    def seed_finished(self, config_id: str, label: str, overrides: dict, result: SeedResult) -> None:
+        """A seed that just ended in this process (the callback): record it and refresh its parent."""
+        self._finals.setdefault(config_id, {})[result.seed] = result
+        config = self.config_results(config_id, label, overrides)
+        self.finish_seed(config, next(s for s in config.seeds if s.seed == result.seed))
+        self.update_parent(config)
+
+    # --- whole folder ----------------------------------------------------------------------------------------
+    def config_results(self, config_id: str, label: str, overrides: dict) -> ConfigResults:
+        """The config's finished seeds: what is on disk, with those finished in this process on top. Seeds still
+        to run are not counted yet (the closing sync counts the ones that never wrote a result as missing)."""
+        on_disk = load_config_seeds(self.dir, config_id, [])
+        seeds = {s.seed: s for s in on_disk} | self._finals.get(config_id, {})
+        first = next((s.raw for s in seeds.values() if s.raw.get("config")), {})
+        primary = first.get("primary_metric") or "accuracy"
+        return ConfigResults(config_id, label, overrides, first.get("config") or self.meta.get("config") or {},
+                             primary, [seeds[k] for k in sorted(seeds)])
+
+    def sync(self) -> None:
+        """Every config and seed of the folder from its result.json files, plus per-config figures; parents end."""
+        from ptray.analysis.report import config_figures
+
+        exp = load_experiment(self.dir)
+        for c in exp.configs.values():
+            for r in c.seeds:
+                known = (c.config_id, r.seed) in self._children or self._find(
+                    role="seed", config_id=c.config_id, seed=str(r.seed))
+                if r.status == "missing" and known:
+                    continue  # the callback recorded why the trial died; "no result.json" would say less
+                self.finish_seed(c, r)
+            self.update_parent(c)
+            figures = config_figures(c, exp.dir / "report" / "configs" / c.config_id)
+            self.log_artifacts(c.config_id, figures, "figures")
+            self.client.set_terminated(self.parent(c.config_id, c.label, c.overrides), "FINISHED")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _text(v: Any, limit: int) -> str:
+    s = v if isinstance(v, str) else json.dumps(v)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def _same(old: float | None, new: float) -> bool:
+    return old is not None and (old == new or (math.isnan(old) and math.isnan(new)))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

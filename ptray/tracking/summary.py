@@ -1,0 +1,38 @@
+"""The per-config table `ptray tune` ends with: seeds, mean, std, worst seed and failures of the report metric."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from ptray.tracking.results import load_experiment
+
+
+def print_summary(directory: str | Path, file: TextIO | None = None) -> None:
+    exp = load_experiment(directory)
+    out = file or sys.stdout
+    header = ["config", "seeds", "mean", "std", "worst", "best", "failed"]
+    table, failures = [], []
+    for c in exp.configs.values():
+        s = c.summary(n_boot=1000)  # the CI is not printed here; a small bootstrap keeps this instant
+        table.append([c.label, str(s["n_seeds"]), _fmt(s["mean"]), _fmt(s["std"]), _fmt(s["min"]), _fmt(s["max"]),
+                      f"{s['n_failed']}/{s['n_seeds']}"])
+        failures += [f"  {c.label} seed {r.seed}: {_short(c.failure_reason(r))}" for r in c.failed_seeds()]
+    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(header)]
+    print(f"{exp.name}: report {exp.primary_metric} over seeds (statistics over the seeds that did not fail)",
+          file=out)
+    for line in [header, ["-" * w for w in widths], *table]:
+        print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))),
+              file=out)
+    if failures:
+        print("failed seeds:", *failures, sep="\n", file=out)
+
+
+def _fmt(x: float) -> str:
+    return "-" if not math.isfinite(x) else f"{x:.4f}"
+
+
+def _short(text: str, limit: int = 120) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else text
+    return line if len(line) <= limit else line[: limit - 3] + "..."

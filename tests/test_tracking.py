@@ -1,0 +1,383 @@
+"""Tracking and reporting on real experiment folders.
+
+`experiment`: an experiment folder in the layout `ptray tune` writes, trained here by the core itself (tiny MiniLM runs
+on RTE): two configs (prompt length 4 and 8) on seeds 1-3; config A's seed 3 diverges (train.max_loss tiny), config
+B's seed 3 never wrote a result (a trial that crashed before the core could). Then: MLflow structure from
+`log_experiment`, the loss landscape, the report, `ptray ui`. Numbers in the report are checked against scipy on a
+second folder whose per-seed values are set by the test (result.json files derived from a real one).
+"""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+from scipy import stats as st
+
+from conftest import tiny_config
+from ptray.analysis import stats
+from ptray.cli import main
+from ptray.config import apply_overrides, config_from_dict
+from ptray.distributed.ids import config_id, label
+from ptray.tracking.results import load_experiment
+from ptray.tracking.store import log_experiment, resolve_tracking_uri
+from ptray.tracking.summary import print_summary
+
+# Every test here builds on real training (the `experiment` fixture trains five tiny seeds, ~30-40 s on 2 cores).
+pytestmark = pytest.mark.slow
+
+SEEDS = [1, 2, 3]
+A = {"method.num_tokens": 4}
+B = {"method.num_tokens": 8}
+
+
+def _write_experiment(root: Path, base: dict, configs: list[dict], seeds: list[int]) -> None:
+    meta = {"ptray_version": "0.1.0", "name": root.name, "config": base, "seeds": seeds,
+            "configs": {config_id(o): {"overrides": o, "label": label(o)} for o in configs},
+            "baseline_config_id": None, "created": "2026-01-01T00:00:00"}
+    (root / "experiment.json").write_text(json.dumps(meta))
+
+
+def _add_identity(path: Path, overrides: dict, trial_id: str) -> None:
+    # What the Ray layer adds to the core's result.json.
+    r = json.loads(path.read_text())
+    r.update(config_id=config_id(overrides), trial_id=trial_id, overrides=overrides, label=label(overrides))
+    path.write_text(json.dumps(r))
+
+
+@pytest.fixture(scope="module")
+def experiment(data_dir, tmp_path_factory) -> Path:
+    from ptray.core.train import prepare, train
+
+    root = tmp_path_factory.mktemp("exp") / "tiny-rte"
+    root.mkdir()
+    # Reported on the (8) training examples: a few steps then beat the majority baseline, so statistics are finite.
+    base = tiny_config(data_dir, task={"max_seq_length": 48, "max_train_examples": 8, "max_eval_examples": 8,
+                                       "report_split": "train"},
+                       train={"max_steps": 3, "eval_every": 1, "batch_size": 4, "eval_batch_size": 8, "lr": 0.1})
+    _write_experiment(root, base, [A, B], SEEDS)
+    for overrides in (A, B):
+        for seed in SEEDS:
+            if overrides is B and seed == 3:
+                continue  # missing: no result.json at all
+            items = [f"{k}={v}" for k, v in overrides.items()] + [f"train.seed={seed}"]
+            if overrides is A and seed == 3:
+                items.append("train.max_loss=0.001")
+            cfg = config_from_dict(apply_overrides(copy.deepcopy(base), items))
+            out = root / "runs" / config_id(overrides) / f"seed{seed}"
+            train(cfg, out, progress=False, prepared=prepare(cfg))
+            _add_identity(out / "result.json", overrides, f"trial_{config_id(overrides)[:4]}_{seed}")
+    return root
+
+
+def _result(root: Path, overrides: dict, seed: int) -> dict:
+    return json.loads((root / "runs" / config_id(overrides) / f"seed{seed}" / "result.json").read_text())
+
+
+def test_results_and_summary_table(experiment):
+    exp = load_experiment(experiment)
+    a, b = exp.configs[config_id(A)], exp.configs[config_id(B)]
+    assert exp.primary_metric == "accuracy" and exp.baseline().config_id == config_id(A)  # first vanilla
+    assert [s.status for s in a.seeds] == ["ok", "ok", "failed"]
+    assert "diverged" in a.seeds[2].reason
+    assert [s.status for s in b.seeds] == ["ok", "ok", "missing"]
+    for c, o in ((a, A), (b, B)):
+        raw = [_result(experiment, o, s) for s in SEEDS[:2]]
+        acc = np.array([r["report_metrics"]["accuracy"] for r in raw])
+        ok = acc[acc > np.array([r["majority_baseline"] for r in raw])]
+        s = c.summary()
+        assert s["n_seeds"] == 3 and s["n_failed"] == 3 - ok.size
+        assert s["mean"] == pytest.approx(ok.mean()) if ok.size else math.isnan(s["mean"])
+        if ok.size > 1:
+            assert s["std"] == pytest.approx(np.std(ok, ddof=1))
+            assert s["iqr"] == pytest.approx(st.iqr(ok))
+    buf = io.StringIO()
+    print_summary(experiment, file=buf)
+    text = buf.getvalue()
+    assert "method.num_tokens=4" in text and "method.num_tokens=8" in text
+    assert "seed 3: loss diverged" in text and "seed 3: no result.json" in text
+
+
+def _runs(client, experiment_id):
+    runs = client.search_runs([experiment_id], max_results=1000)
+    parents = {r.data.tags["ptray.config_id"]: r for r in runs if r.data.tags.get("ptray.role") == "parent"}
+    children = [r for r in runs if r.data.tags.get("ptray.role") == "seed"]
+    return runs, parents, children
+
+
+def check_mlflow_structure(uri: str, name: str, expected: dict[str, list[int]]) -> dict:
+    """One parent per config, one child per seed under it, aggregates equal to a recomputation from the children.
+    Returns {(config_id, seed): child run}. Shared with the Ray callback test."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    runs, parents, children = _runs(client, exp.experiment_id)
+    assert len(runs) == len(parents) + len(children)
+    assert sorted(parents) == sorted(expected)
+    by_key = {(r.data.tags["ptray.config_id"], int(r.data.tags["ptray.seed"])): r for r in children}
+    assert len(by_key) == len(children)  # no seed twice
+    assert sorted(by_key) == sorted((c, s) for c, seeds in expected.items() for s in seeds)
+    for cid, parent in parents.items():
+        assert parent.info.status == "FINISHED"
+        assert "train.seed" not in parent.data.params and "method.num_tokens" in parent.data.params
+        kids = sorted((r for (c, _), r in by_key.items() if c == cid), key=lambda r: int(r.data.tags["ptray.seed"]))
+        assert all(k.data.tags["mlflow.parentRunId"] == parent.info.run_id for k in kids)
+        assert all(k.data.params["train.seed"] == k.data.tags["ptray.seed"] for k in kids)
+        # Recompute the aggregates from the children alone.
+        values = [k.data.metrics.get("report/accuracy", math.nan) for k in kids]
+        failed = [k.info.status == "FAILED" for k in kids]
+        baseline = [k.data.metrics.get("majority_baseline", math.nan) for k in kids]
+        s = stats.summarize(values, failed=failed, baseline=baseline)
+        m = parent.data.metrics
+        assert m["n_seeds"] == len(kids) and m["n_failed"] == s["n_failed"]
+        for key in ("mean", "std", "median", "iqr", "min", "max"):
+            np.testing.assert_allclose(m[f"report/accuracy/{key}"], s[key], equal_nan=True, err_msg=key)
+    return by_key
+
+
+def test_log_experiment_structure_and_idempotence(experiment):
+    from mlflow import MlflowClient
+
+    uri = resolve_tracking_uri(experiment)
+    assert uri == f"sqlite:///{experiment / 'mlflow.db'}"
+    log_experiment(experiment, uri)
+    runs = check_mlflow_structure(uri, "tiny-rte", {config_id(A): SEEDS, config_id(B): SEEDS})
+    client = MlflowClient(uri)
+    diverged, missing = runs[(config_id(A), 3)], runs[(config_id(B), 3)]
+    assert diverged.info.status == "FAILED" and "diverged" in diverged.data.tags["ptray.failure_reason"]
+    assert missing.info.status == "FAILED" and "no result.json" in missing.data.tags["ptray.failure_reason"]
+    ok = runs[(config_id(A), 1)]
+    assert ok.info.status == "FINISHED" and ok.data.tags["ptray.trial_id"] == f"trial_{config_id(A)[:4]}_1"
+    history = _result(experiment, A, 1)["history"]
+    assert [(m.step, m.value) for m in client.get_metric_history(ok.info.run_id, "loss")] == \
+        [(h["step"], pytest.approx(h["loss"])) for h in history]
+    assert [a.path for a in client.list_artifacts(ok.info.run_id)] == ["result.json"]
+    parent = client.get_run(ok.data.tags["mlflow.parentRunId"])
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "figures")} == \
+        {"figures/seeds.png", "figures/selection_curve.png", "figures/loss_curve.png"}
+    # Artifacts live beside the store, not in the working directory's ./mlruns.
+    assert client.get_experiment(parent.info.experiment_id).artifact_location == (experiment / "mlartifacts").as_uri()
+
+    # A second pass (ptray tune's closing call, or ptray report) neither adds runs nor repeats metrics.
+    log_experiment(experiment, uri)
+    again = check_mlflow_structure(uri, "tiny-rte", {config_id(A): SEEDS, config_id(B): SEEDS})
+    assert {k: r.info.run_id for k, r in again.items()} == {k: r.info.run_id for k, r in runs.items()}
+    assert len(client.get_metric_history(ok.info.run_id, "loss")) == len(history)
+    assert len(client.get_metric_history(ok.info.run_id, "report/accuracy")) == 1
+    assert len(client.get_metric_history(parent.info.run_id, "report/accuracy/mean")) == 1
+
+
+@pytest.fixture(scope="module")
+def landscape_json(experiment) -> dict:
+    seed_dir = experiment / "runs" / config_id(A) / "seed1"
+    assert main(["landscape", str(seed_dir), "--points", "5", "--span", "0.5", "--radius", "0.25"]) == 0
+    return json.loads((seed_dir / "landscape" / "landscape.json").read_text())
+
+
+def test_landscape(experiment, landscape_json):
+    d = landscape_json
+    loss = np.array(d["loss"])
+    assert loss.shape == (5, 5) and np.isfinite(loss).all()
+    assert d["grid"] == pytest.approx([-0.5, -0.25, 0.0, 0.25, 0.5])
+    assert d["center_loss"] == loss[2, 2] and d["n_examples"] == 8
+    # The headline number is the mean increase over the grid points within the radius: the centre and its 4 neighbours.
+    inside = [loss[2, 2], loss[1, 2], loss[3, 2], loss[2, 1], loss[2, 3]]
+    assert d["n_inside"] == 5 and d["mean_loss_increase"] == pytest.approx(np.mean(inside) - loss[2, 2])
+    # The first direction is the gradient's: a small step along it raises the loss, against it lowers it.
+    seed_dir = experiment / "runs" / config_id(A) / "seed1"
+    out = experiment / "landscape_small"
+    assert main(["landscape", str(seed_dir), "--points", "3", "--span", "0.002", "--radius", "0.002",
+                 "--output", str(out)]) == 0
+    small = np.array(json.loads((out / "landscape.json").read_text())["loss"])
+    assert small[2, 1] > small[1, 1] > small[0, 1]
+    img = mpimg.imread(seed_dir / "landscape" / "landscape.png")
+    assert img.ndim == 3 and float(np.ptp(img[..., :3])) > 0
+
+
+def test_landscape_refuses_bad_input_before_loading(experiment, capsys):
+    failed_dir = experiment / "runs" / config_id(A) / "seed3"
+    assert main(["landscape", str(failed_dir)]) == 2
+    assert "failed" in capsys.readouterr().err
+    ok_dir = experiment / "runs" / config_id(A) / "seed1"
+    assert main(["landscape", str(ok_dir), "--points", "4"]) == 2
+    assert "odd" in capsys.readouterr().err
+    assert main(["landscape", str(ok_dir), "--radius", "2"]) == 2
+    assert "radius" in capsys.readouterr().err
+    assert main(["landscape", str(ok_dir), "--points", "3", "--radius", "0.5"]) == 2
+    assert "spacing" in capsys.readouterr().err
+
+
+def _check_png(path: Path) -> None:
+    img = mpimg.imread(path)
+    assert img.ndim == 3 and float(np.ptp(img[..., :3])) > 0
+
+
+def test_report_on_real_runs(experiment, landscape_json, capsys):
+    assert main(["report", str(experiment)]) == 0
+    out = capsys.readouterr().out
+    assert "report:" in out and "method.num_tokens=4" in out
+    folder = experiment / "report"
+    md = (folder / "report.md").read_text()
+    for section in ("## accuracy per config", "## Against the baseline (method.num_tokens=4)",
+                    "## Expected best score", "## Selection accuracy during training", "## Training loss",
+                    "## Seed sensitivity against searched parameters", "## Loss landscape", "## Failed seeds"):
+        assert section in md, section
+    for png in ("seeds.png", "expected_max.png", "selection_curves.png", "loss_curves.png",
+                "std_vs_method.num_tokens.png"):
+        assert f"]({png})" in md
+        _check_png(folder / png)
+    assert "loss diverged" in md and "no result.json" in md
+    numbers = json.loads((folder / "stats.json").read_text())
+    assert numbers["landscapes"][config_id(A)][0]["mean_loss_increase"] == \
+        pytest.approx(landscape_json["mean_loss_increase"])
+    cmp = numbers["configs"][config_id(B)]["comparison"]
+    assert cmp["paired"] is True  # both configs ran seeds 1-3
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(resolve_tracking_uri(experiment))
+    _, parents, _ = _runs(client, client.get_experiment_by_name("tiny-rte").experiment_id)
+    for parent in parents.values():
+        logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+        assert {"report/report.md", "report/stats.json", "report/seeds.png", "report/expected_max.png"} <= logged
+
+
+def test_report_refuses_bad_input(experiment, tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "experiment.json is missing" in capsys.readouterr().err
+    assert main(["report", str(experiment), "--baseline", "nope"]) == 2
+    assert "baseline 'nope'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------- numbers against scipy
+# Per-seed values chosen by the test, written as result.json files derived from a real one. Config P shares the
+# baseline's seeds (paired); config U ran other seeds (unpaired). Baseline seed 4 sits at the majority baseline
+# (degenerate: failed), P's seed 2 diverged.
+BASELINE = {"method.num_tokens": 4, "method.name": "vanilla"}
+P = {"method.num_tokens": 8, "method.name": "vanilla"}
+U = {"method.num_tokens": 16, "method.name": "vanilla"}
+MAJORITY = 0.55
+VALUES = {
+    "base": {0: 0.71, 1: 0.64, 2: 0.69, 3: 0.75, 4: 0.55, 5: 0.66},
+    "P": {0: 0.73, 1: 0.70, 2: None, 3: 0.74, 4: 0.72, 5: 0.705},
+    "U": {10: 0.80, 11: 0.58, 12: 0.77, 13: 0.68},
+}
+
+
+@pytest.fixture(scope="module")
+def synthetic(experiment, tmp_path_factory) -> Path:
+    template = _result(experiment, A, 1)
+    root = tmp_path_factory.mktemp("synth") / "synthetic"
+    root.mkdir()
+    # P is listed first: the baseline must be found by config id, not position.
+    # No seed list: U ran other seeds than the rest, and none of them is missing.
+    _write_experiment(root, template["config"], [P, BASELINE, U], [])
+    meta = json.loads((root / "experiment.json").read_text())
+    meta["baseline_config_id"] = config_id(BASELINE)
+    (root / "experiment.json").write_text(json.dumps(meta))
+    for name, overrides in (("base", BASELINE), ("P", P), ("U", U)):
+        for seed, v in VALUES[name].items():
+            r = copy.deepcopy(template)
+            r.update(seed=seed, majority_baseline=MAJORITY, config_id=config_id(overrides), overrides=overrides,
+                     label=label(overrides), trial_id=f"t{seed}")
+            if v is None:
+                r.update(status="failed", reason="loss diverged (nan) at step 2", report_metrics=None)
+            else:
+                r["report_metrics"] = {"accuracy": v}
+            out = root / "runs" / config_id(overrides) / f"seed{seed}"
+            out.mkdir(parents=True)
+            (out / "result.json").write_text(json.dumps(r))
+    return root
+
+
+def test_report_numbers_match_scipy(synthetic):
+    from ptray.analysis.report import write_report
+
+    write_report(synthetic, log_mlflow=False, n_boot=2000)
+    numbers = json.loads((synthetic / "report" / "stats.json").read_text())
+    assert numbers["baseline_config_id"] == config_id(BASELINE)
+    cfgs = numbers["configs"]
+
+    base = {s: v for s, v in VALUES["base"].items() if v is not None and v > MAJORITY}  # seed 4 is degenerate
+    s = cfgs[config_id(BASELINE)]["summary"]["accuracy"]
+    x = np.array(list(base.values()))
+    assert (s["n_seeds"], s["n_failed"]) == (6, 1)
+    assert s["mean"] == pytest.approx(x.mean()) and s["std"] == pytest.approx(x.std(ddof=1))
+    assert s["median"] == pytest.approx(np.median(x)) and s["iqr"] == pytest.approx(st.iqr(x))
+    assert (s["min"], s["max"]) == (pytest.approx(x.min()), pytest.approx(x.max()))
+    ci = st.bootstrap((x,), np.mean, n_resamples=2000, confidence_level=0.95, method="percentile",
+                      rng=np.random.default_rng(0)).confidence_interval
+    assert (s["ci95_low"], s["ci95_high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
+
+    # Paired: the seeds that neither config failed (P's seed 2 diverged, the baseline's seed 4 is degenerate).
+    shared = [k for k in base if VALUES["P"][k] is not None]
+    a = np.array([VALUES["P"][k] for k in shared])
+    b = np.array([base[k] for k in shared])
+    c = cfgs[config_id(P)]["comparison"]
+    assert c["paired"] is True and c["n_pairs"] == len(shared) == 4
+    assert c["mean_diff"] == pytest.approx(a.mean() - b.mean())
+    assert c["paired_p"] == pytest.approx(st.ttest_rel(a, b).pvalue)
+    assert c["wilcoxon_p"] == pytest.approx(st.wilcoxon(a, b).pvalue)
+    assert c["welch_p"] == pytest.approx(st.ttest_ind(a, b, equal_var=False).pvalue)
+    assert c["mannwhitney_p"] == pytest.approx(st.mannwhitneyu(a, b, alternative="two-sided").pvalue)
+    assert c["brown_forsythe_p"] == pytest.approx(st.levene(a, b, center="median").pvalue)
+    assert c["levene_p"] == pytest.approx(st.levene(a, b, center="mean").pvalue)
+    assert c["std_ratio"] == pytest.approx(a.std(ddof=1) / b.std(ddof=1))
+    assert c["std_ratio_ci95_low"] <= c["std_ratio"] <= c["std_ratio_ci95_high"]
+
+    # Unpaired: U ran other seeds; every non-failed seed of each side counts.
+    u = np.array([v for v in VALUES["U"].values() if v > MAJORITY])
+    assert cfgs[config_id(U)]["summary"]["accuracy"]["n_seeds"] == 4
+    c = cfgs[config_id(U)]["comparison"]
+    assert c["paired"] is False and (c["n_a"], c["n_b"]) == (u.size, x.size)
+    assert c["welch_p"] == pytest.approx(st.ttest_ind(u, x, equal_var=False).pvalue)
+    assert c["mannwhitney_p"] == pytest.approx(st.mannwhitneyu(u, x, alternative="two-sided").pvalue)
+    assert c["brown_forsythe_p"] == pytest.approx(st.levene(u, x, center="median").pvalue)
+    assert math.isnan(c["paired_p"])
+    assert config_id(BASELINE) not in {k for k, v in cfgs.items() if v["comparison"]}
+
+    md = (synthetic / "report" / "report.md").read_text()
+    assert f"## Against the baseline ({label(BASELINE)})" in md
+    assert "at or below the majority-class baseline" in md  # the degenerate seed is listed with its reason
+    _check_png(synthetic / "report" / "std_vs_method.num_tokens.png")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_serves_the_experiment_store(experiment):
+    if not (experiment / "mlflow.db").exists():
+        log_experiment(experiment)
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ptray.cli", "ui", str(experiment), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        first = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}" in first
+        deadline, status = time.monotonic() + 120, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+                    status = r.status
+                    break
+            except OSError:
+                time.sleep(1)
+        assert status == 200, f"no answer from the MLflow UI (exit code {proc.poll()})"
+    finally:
+        os.killpg(proc.pid, 15)  # the UI's server and its workers share the group started for it
+        proc.wait(timeout=30)
