@@ -80,6 +80,8 @@ class TrainConfig(_Strict):
     max_steps: int | None = Field(None, ge=1)
     batch_size: int = Field(16, ge=1)
     eval_batch_size: int = Field(64, ge=1)
+    # Training batches of examples of similar length (seeded and jittered, so they still vary): less padding.
+    group_by_length: bool = True
     grad_accum: int = Field(1, ge=1)
     optimizer: Literal["adamw", "adafactor"] = "adamw"
     lr: float = Field(0.03, gt=0)
@@ -94,6 +96,9 @@ class TrainConfig(_Strict):
     # A loss above this (or NaN/inf) ends the seed as failed: diverged.
     max_loss: float = Field(100.0, gt=0)
     seed: int = 0
+    # Train this many seeds of a config together through one pass of the shared frozen backbone (the Ray layer groups
+    # seeds by it; ptray.core.packing.train_packed). Each keeps its own prompt, optimizer state, data order and result.
+    seed_pack: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _length(self) -> "TrainConfig":
@@ -334,6 +339,16 @@ class ExperimentConfig(_Strict):
                 "prefixes are attention keys/values); set perturbation.prompt=false to perturb the input only"
             )
         return v
+
+    @model_validator(mode="after")
+    def _packable(self) -> "ExperimentConfig":
+        if self.train.seed_pack > 1:
+            from ptray.core.packing import unpackable
+
+            reason = unpackable(self)
+            if reason:
+                raise ValueError(f"train.seed_pack {self.train.seed_pack}: {reason}")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         # serialize_as_any: method and perturbation hold subclasses whose own fields would otherwise be dropped.

@@ -1,12 +1,15 @@
 """Examples -> token ids -> padded batches.
 
 Each example becomes one row (classification) or one row per option (multiple choice). Batches are padded to
-their own longest row, not to a fixed length: short tasks do not pay for the longest example.
+their own longest row, not to a fixed length: short tasks do not pay for the longest example. Training batches group
+examples of similar length (seeded), so they pad little too.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator
 
+import numpy as np
 import torch
 
 from ptray.core.tasks import Example, Task
@@ -133,3 +136,28 @@ def batches(items: list[Encoded], batch_size: int, pad_id: int, order: list[int]
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         yield idx, collate([items[i] for i in idx], pad_id)
+
+
+# Length grouping sorts by log-length jittered by up to this much (about +-28%): batches of similar length that still
+# differ between epochs and seeds (a plain sort would fix each batch's members on a small training set).
+LENGTH_JITTER = 0.25
+
+
+def train_order(items: list[Encoded], batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                group_by_length: bool = True) -> Iterator[list[int]]:
+    """Endless training micro-batches as indices into `items`: a seeded order per epoch (the seed fixes it), each rank
+    taking its own slice of every global batch of batch_size * world examples. With group_by_length, a global batch
+    holds examples of similar length and the batches come in shuffled order."""
+    rng = np.random.default_rng(seed)
+    lengths = np.array([max(len(r) for r in it.rows) for it in items])
+    global_size = batch_size * world
+    while True:
+        order = rng.permutation(len(items))
+        if group_by_length:
+            key = np.log(lengths[order]) + rng.uniform(-LENGTH_JITTER, LENGTH_JITTER, len(order))
+            order = order[np.argsort(key, kind="stable")]
+            chunks = [order[i : i + global_size] for i in range(0, len(order), global_size)]
+            order = np.concatenate([chunks[i] for i in rng.permutation(len(chunks))])
+        mine = order[rank::world].tolist()
+        for start in range(0, len(mine), batch_size):
+            yield mine[start : start + batch_size]

@@ -100,6 +100,10 @@ class PromptModel(nn.Module):
 
     # --- per family: scores per row -------------------------------------------------------------------------
     def _encoder(self, batch, p) -> torch.Tensor:
+        return self.head(self.pooled(batch, p).float())
+
+    def pooled(self, batch, p) -> torch.Tensor:
+        """An encoder's reading of each row [R, H], before the head (packed seeds share it, each with its own head)."""
         kwargs = {}
         if "token_type_ids" in batch:
             # Prompt tokens belong to the first segment; input tokens keep their segment at their new place.
@@ -115,7 +119,7 @@ class PromptModel(nn.Module):
             h = hidden.gather(1, p.token_positions[..., None].expand(-1, -1, hidden.shape[-1]))
             m = batch["attention_mask"][..., None].to(h.dtype)
             pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
-        return self.head(pooled.float())
+        return pooled
 
     def _causal(self, batch, p) -> torch.Tensor:
         base = self.backbone.base_model

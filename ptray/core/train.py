@@ -20,7 +20,7 @@ import torch
 
 from ptray.config import ConfigError, ExperimentConfig
 from ptray.core import backbone as bb
-from ptray.core.data import Encoder, batches
+from ptray.core.data import Encoded, Encoder, collate, train_order
 from ptray.core.methods import METHODS, BackboneInfo
 from ptray.core.model import PromptModel, option_loss
 from ptray.core.perturbations import build_perturbation
@@ -84,14 +84,7 @@ def train(cfg: ExperimentConfig, output_dir: str | Path | None = None, reporter:
     t0 = time.perf_counter()
     p = prepared or prepare(cfg)
     out = Path(output_dir) if output_dir is not None else None
-    result: dict = {
-        "seed": cfg.train.seed, "status": "ok", "reason": None,
-        "task": cfg.task.name, "method": cfg.method.name, "model": cfg.model.name, "family": p.family,
-        "selection_split": cfg.task.selection_split, "report_split": cfg.task.report_split,
-        "primary_metric": p.task.primary_metric,
-        "majority_baseline": p.task.majority_baseline(p.report),
-        "config": cfg.to_dict(),
-    }
+    result = new_result(cfg, p)
     engine = None
     try:
         seed_everything(cfg.train.seed)
@@ -101,14 +94,9 @@ def train(cfg: ExperimentConfig, output_dir: str | Path | None = None, reporter:
         result["timings"] = {"load_s": t_load - t0}
 
         world, rank = _world()
-        per_step = cfg.train.batch_size * cfg.train.grad_accum * world
-        steps_per_epoch = math.ceil(len(data["train"]) / per_step)
-        total = cfg.train.max_steps or math.ceil(cfg.train.epochs * steps_per_epoch)
+        total = total_steps(cfg, len(data["train"]), world)
         engine = build_engine(model, cfg, total, p.device)
-        start_step = 0
-        if resume_dir is not None:
-            _, client = engine.load_checkpoint(str(resume_dir), load_module_strict=False)
-            start_step = int((client or {}).get("step", 0))
+        start_step = resume(engine, resume_dir) if resume_dir is not None else 0
 
         loop = TrainLoop(cfg, engine, model, p, data, encoder, total, rank, world, out, reporter, progress)
         loop.run(start_step)
@@ -127,23 +115,63 @@ def train(cfg: ExperimentConfig, output_dir: str | Path | None = None, reporter:
 
             close_engine(engine)
     result.setdefault("timings", {})["total_s"] = time.perf_counter() - t0
+    write_result(out, result)
+    return result
+
+
+def new_result(cfg: ExperimentConfig, p: Prepared) -> dict:
+    """A seed's result before training: what it is, and status ok until something fails."""
+    return {
+        "seed": cfg.train.seed, "status": "ok", "reason": None,
+        "task": cfg.task.name, "method": cfg.method.name, "model": cfg.model.name, "family": p.family,
+        "selection_split": cfg.task.selection_split, "report_split": cfg.task.report_split,
+        "primary_metric": p.task.primary_metric,
+        "majority_baseline": p.task.majority_baseline(p.report),
+        "config": cfg.to_dict(),
+    }
+
+
+def write_result(out: Path | None, result: dict) -> None:
     if out is not None and _world()[1] == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / RESULT_FILE).write_text(json.dumps(result, indent=2, default=_json_default))
-    return result
+
+
+def total_steps(cfg: ExperimentConfig, n_train: int, world: int) -> int:
+    per_step = cfg.train.batch_size * cfg.train.grad_accum * world
+    return cfg.train.max_steps or math.ceil(cfg.train.epochs * math.ceil(n_train / per_step))
+
+
+def resume(engine, resume_dir: str | Path) -> int:
+    """Restore a checkpoint written by a reporter's `save`; returns the step it was taken at."""
+    _, client = engine.load_checkpoint(str(resume_dir), load_module_strict=False)
+    return int((client or {}).get("step", 0))
 
 
 def load_model(cfg: ExperimentConfig, p: Prepared) -> tuple[PromptModel, Encoder, dict[str, list]]:
     """Backbone + the config's prompt method on the device, its encoder, and the encoded splits (train, selection,
     report): what training starts from, and what an analysis of a trained adapter rebuilds."""
-    backbone = bb.load_backbone(cfg.model)
+    # Seeds in one process share the frozen backbone and the tokenised splits; ZeRO-3 partitions the weights it is
+    # given, so it gets its own copy.
+    backbone = bb.load_backbone(cfg.model, reuse=cfg.train.zero_stage < 3)
     model = build_model(cfg, backbone, p.task)
     model.to(p.device)
     encoder = Encoder(p.task, backbone.tokenizer, backbone.family, cfg.task.max_seq_length)
     model.label_token_ids = torch.tensor(encoder.label_token_ids, dtype=torch.long, device=p.device)
-    data = {role: [encoder.encode(e) for e in exs] for role, exs in
-            (("train", p.train), ("selection", p.selection), ("report", p.report))}
-    return model, encoder, data
+    return model, encoder, encoded_splits(cfg, p, encoder)
+
+
+# Tokenised splits by (task, model) config: every example is tokenised once per process (kept one at a time).
+_ENCODED: dict[str, dict[str, list[Encoded]]] = {}
+
+
+def encoded_splits(cfg: ExperimentConfig, p: Prepared, encoder: Encoder) -> dict[str, list[Encoded]]:
+    key = cfg.task.model_dump_json() + cfg.model.model_dump_json()
+    if key not in _ENCODED:
+        _ENCODED.clear()
+        _ENCODED[key] = {role: [encoder.encode(e) for e in exs] for role, exs in
+                         (("train", p.train), ("selection", p.selection), ("report", p.report))}
+    return _ENCODED[key]
 
 
 def build_model(cfg: ExperimentConfig, backbone: bb.Backbone, task: Task) -> PromptModel:
@@ -181,6 +209,38 @@ def _json_default(o):
     return str(o)
 
 
+def check_loss(value: float, step: int, max_loss: float) -> None:
+    """A NaN, infinite or too large loss ends the seed as failed: diverged."""
+    if not math.isfinite(value) or value > max_loss:
+        raise Diverged(f"loss diverged ({value:.4g}) at step {step}")
+
+
+@torch.inference_mode()
+def predict(forward, items: list[Encoded], batch_size: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """Predicted option of every item by one or more models: `forward(list of Encoded)` returns one [B, K] score
+    tensor per model (packed seeds score together). Longest first, so batches pad little; ranks share the work and
+    gather the predictions."""
+    order = sorted(range(len(items)), key=lambda i: -sum(len(r) for r in items[i].rows))
+    mine = order[rank::world]
+    per_rank = math.ceil(len(order) / world)
+    # Under ZeRO-3 every rank must run the same number of forwards: pad the short shard with a repeat.
+    mine = mine + mine[-1:] * (per_rank - len(mine)) if mine else order[:1] * per_rank
+    preds: list[dict[int, int]] = []
+    for start in range(0, len(mine), batch_size):
+        idx = mine[start : start + batch_size]
+        scores = forward([items[i] for i in idx])
+        preds = preds or [{} for _ in scores]
+        for pred, s in zip(preds, scores):
+            pred.update(zip(idx, s.argmax(-1).tolist()))
+    if world > 1:
+        import torch.distributed as dist
+
+        shards = [None] * world
+        dist.all_gather_object(shards, preds)
+        preds = [{k: v for shard in shards for k, v in shard[m].items()} for m in range(len(preds))]
+    return [[pred[i] for i in range(len(items))] for pred in preds]
+
+
 def loss_fn(model, batch, perturbation=None) -> torch.Tensor:
     """Cross-entropy over each example's options; the seam where regularizers add their terms: a PTP perturbation adds
     lambda * L(perturbed), its passes run on the bare model (the engine's `.module`; see ptray.core.perturbations)."""
@@ -191,7 +251,8 @@ def loss_fn(model, batch, perturbation=None) -> torch.Tensor:
 
 
 class TrainLoop:
-    """The step loop, kept in one place: micro-batches -> DeepSpeed step -> periodic selection eval."""
+    """The step loop, kept in one place: micro-batches -> DeepSpeed step -> periodic selection eval. Seed packing
+    (ptray.core.packing) keeps one per seed for its bookkeeping: batch_order, end_step, restore_best, finish."""
 
     def __init__(self, cfg, engine, model, prepared, data, encoder, total, rank, world, out, reporter, progress):
         self.cfg, self.engine, self.model, self.p, self.data = cfg, engine, model, prepared, data
@@ -201,81 +262,87 @@ class TrainLoop:
         self.perturbation = build_perturbation(cfg, encoder.tokenizer, rank)
         self.history: list[dict] = []
         self.best = {"score": -math.inf, "step": 0, "metrics": None, "state": None, "adapter": {}}
+        self.patience = 0
         self.train_seconds = self.eval_seconds = 0.0
         self.examples_seen = 0
         self.steps_done = 0
 
-    def micro_batches(self):
-        """Seeded epoch orders; each rank takes its own slice of every global batch."""
-        rng = np.random.default_rng(self.cfg.train.seed)
-        items = self.data["train"]
-        bs = self.cfg.train.batch_size
-        while True:
-            order = rng.permutation(len(items)).tolist()
-            mine = order[self.rank :: self.world]
-            for _, batch in batches(items, bs, self.pad_id, mine):
-                yield batch
+    def batch_order(self):
+        """This seed's endless training micro-batches, as indices into the train split (see data.train_order)."""
+        tc = self.cfg.train
+        return train_order(self.data["train"], tc.batch_size, tc.seed, self.rank, self.world, tc.group_by_length)
 
     def run(self, start_step: int = 0) -> None:
         from tqdm.auto import tqdm
 
         tc = self.cfg.train
-        it = self.micro_batches()
+        items = self.data["train"]
+        order = self.batch_order()
         # Resuming skips the data already seen, so a resumed run sees what an unbroken one would.
         for _ in range(start_step * tc.grad_accum):
-            next(it)
+            next(order)
         if self.perturbation is not None:  # ... and draws the perturbations it would
             self.perturbation.calls = start_step * tc.grad_accum
         bar = tqdm(total=self.total, initial=start_step, disable=not self.progress, desc=f"seed {tc.seed}",
                    dynamic_ncols=True)
-        patience = 0
         step = start_step
-        t_start = time.perf_counter()
         while step < self.total:
+            t_start = time.perf_counter()
             self.engine.train()
-            losses = []
-            for _ in range(tc.grad_accum):
-                batch = self._to_device(next(it))
-                loss = loss_fn(self.engine, batch, self.perturbation)
-                value = loss.item()
-                if not math.isfinite(value) or value > tc.max_loss:
-                    raise Diverged(f"loss diverged ({value:.4g}) at step {step + 1}")
-                self.engine.backward(loss)
-                self.engine.step()
-                losses.append(value)
-                self.examples_seen += batch["labels"].shape[0] * self.world
+            losses = [self.micro_step(collate([items[i] for i in next(order)], self.pad_id), step + 1)
+                      for _ in range(tc.grad_accum)]
             step += 1
-            self.steps_done = step
             self.model.method.on_step(step)
+            self.train_seconds += time.perf_counter() - t_start
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-            record = {"step": step, "loss": float(np.mean(losses)), "lr": self.engine.get_lr()[0]}
-            if step % tc.eval_every == 0 or step == self.total:
-                self.train_seconds += time.perf_counter() - t_start
-                metrics = self.evaluate("selection")
-                record["selection"] = metrics
-                score = metrics[self.p.task.primary_metric]
-                if score > self.best["score"]:
-                    self.best = {"score": score, "step": step, "metrics": metrics, "state": self._trainable_state(),
-                                 "adapter": self._trainable_state(export=True)}
-                    patience = 0
-                else:
-                    patience += 1
-                stop = False
-                if self.reporter is not None:
-                    stop = bool(self.reporter(step, {**metrics, "loss": record["loss"]}, self._saver(step)))
-                if stop or (tc.early_stopping_patience and patience >= tc.early_stopping_patience):
-                    self.history.append(record)
-                    break
-                t_start = time.perf_counter()
-            self.history.append(record)
-        else:
-            self.train_seconds += time.perf_counter() - t_start
+            if self.end_step(step, losses, self.evaluate("selection") if self.eval_due(step) else None):
+                break
         bar.close()
+        self.restore_best()
+        self.finish(self.evaluate("report"))
+
+    def micro_step(self, batch: dict, step: int) -> float:
+        batch = self._to_device(batch)
+        loss = loss_fn(self.engine, batch, self.perturbation)
+        value = loss.item()
+        check_loss(value, step, self.cfg.train.max_loss)
+        self.engine.backward(loss)
+        self.engine.step()
+        self.examples_seen += batch["labels"].shape[0] * self.world
+        return value
+
+    def eval_due(self, step: int) -> bool:
+        return step % self.cfg.train.eval_every == 0 or step == self.total
+
+    def end_step(self, step: int, losses: list[float], metrics: dict | None) -> bool:
+        """Record a finished step; with selection metrics, keep the best state and hear the reporter. True: stop."""
+        tc = self.cfg.train
+        self.steps_done = step
+        record = {"step": step, "loss": float(np.mean(losses)), "lr": self.engine.get_lr()[0]}
+        self.history.append(record)
+        if metrics is None:
+            return False
+        record["selection"] = metrics
+        score = metrics[self.p.task.primary_metric]
+        if score > self.best["score"]:
+            self.best = {"score": score, "step": step, "metrics": metrics, "state": self._trainable_state(),
+                         "adapter": self._trainable_state(export=True)}
+            self.patience = 0
+        else:
+            self.patience += 1
+        stop = False
+        if self.reporter is not None:
+            stop = bool(self.reporter(step, {**metrics, "loss": record["loss"]}, self._saver(step)))
+        return stop or bool(tc.early_stopping_patience and self.patience >= tc.early_stopping_patience)
+
+    def restore_best(self) -> None:
         # Report on the best selection checkpoint, not the last step.
         if self.best["state"] is not None:
             self._load_trainable_state(self.best["state"])
-        self.report_metrics = self.evaluate("report")
+
+    def finish(self, report_metrics: dict) -> None:
+        self.report_metrics = report_metrics
         if self.out is not None and self.rank == 0:
             self._save_adapter()
 
@@ -286,29 +353,15 @@ class TrainLoop:
             "throughput": {"train_examples_per_s": self.examples_seen / max(self.train_seconds, 1e-9)},
         }
 
-    @torch.inference_mode()
     def evaluate(self, role: str) -> dict:
         t0 = time.perf_counter()
         self.engine.eval()
-        items, examples = self.data[role], getattr(self.p, role)
-        # Longest first and sorted: batches pad little. Ranks share the work and gather the predictions.
-        order = sorted(range(len(items)), key=lambda i: -sum(len(r) for r in items[i].rows))
-        mine = order[self.rank :: self.world]
-        per_rank = math.ceil(len(order) / self.world)
-        # Under ZeRO-3 every rank must run the same number of forwards: pad the short shard with a repeat.
-        mine = mine + mine[-1:] * (per_rank - len(mine)) if mine else order[:1] * per_rank
-        preds: dict[int, int] = {}
-        for idx, batch in batches(items, self.cfg.train.eval_batch_size, self.pad_id, mine):
-            scores = self.engine(self._to_device(batch))
-            preds.update(zip(idx, scores.argmax(-1).tolist()))
-        if self.world > 1:
-            import torch.distributed as dist
 
-            shards = [None] * self.world
-            dist.all_gather_object(shards, preds)
-            preds = {k: v for s in shards for k, v in s.items()}
-        predictions = [preds[i] for i in range(len(items))]
-        metrics = self.p.task.compute_metrics(examples, predictions)
+        def forward(items):
+            return [self.engine(self._to_device(collate(items, self.pad_id)))]
+
+        [predictions] = predict(forward, self.data[role], self.cfg.train.eval_batch_size, self.rank, self.world)
+        metrics = self.p.task.compute_metrics(getattr(self.p, role), predictions)
         self.eval_seconds += time.perf_counter() - t0
         return metrics
 
