@@ -96,9 +96,8 @@ def train(cfg: ExperimentConfig, output_dir: str | Path | None = None, reporter:
         world, rank = _world()
         total = total_steps(cfg, len(data["train"]), world)
         engine = build_engine(model, cfg, total, p.device)
-        start_step = resume(engine, resume_dir) if resume_dir is not None else 0
-
         loop = TrainLoop(cfg, engine, model, p, data, encoder, total, rank, world, out, reporter, progress)
+        start_step = resume(engine, resume_dir, loop) if resume_dir is not None else 0
         loop.run(start_step)
         result.update(loop.summary())
         result["timings"]["train_s"] = loop.train_seconds
@@ -142,10 +141,18 @@ def total_steps(cfg: ExperimentConfig, n_train: int, world: int) -> int:
     return cfg.train.max_steps or math.ceil(cfg.train.epochs * math.ceil(n_train / per_step))
 
 
-def resume(engine, resume_dir: str | Path) -> int:
-    """Restore a checkpoint written by a reporter's `save`; returns the step it was taken at."""
-    _, client = engine.load_checkpoint(str(resume_dir), load_module_strict=False)
-    return int((client or {}).get("step", 0))
+def resume(engine, resume_dir: str | Path, loop: TrainLoop | None = None) -> int:
+    """Restore a checkpoint written by a reporter's `save`; returns the step it was taken at. With `loop`, its
+    bookkeeping too (history, best selection state), so a resumed run reports as an unbroken one would."""
+    # The learning-rate schedule comes from this config, not the checkpoint: a PBT exploit resumes another
+    # member's state with its own hyperparameters.
+    _, client = engine.load_checkpoint(str(resume_dir), load_module_strict=False, load_lr_scheduler_states=False)
+    start_step = int((client or {}).get("step", 0))
+    engine.lr_scheduler.last_epoch = start_step - 1
+    engine.lr_scheduler.step()
+    if loop is not None and client and "loop" in client:
+        loop.restore(client["loop"])
+    return start_step
 
 
 def load_model(cfg: ExperimentConfig, p: Prepared) -> tuple[PromptModel, Encoder, dict[str, list]]:
@@ -346,6 +353,17 @@ class TrainLoop:
         if self.out is not None and self.rank == 0:
             self._save_adapter()
 
+    def bookkeeping(self) -> dict:
+        """What a checkpoint carries besides the engine's state (see `resume`)."""
+        return {"history": self.history, "best": self.best, "patience": self.patience,
+                "examples_seen": self.examples_seen, "train_seconds": self.train_seconds,
+                "eval_seconds": self.eval_seconds}
+
+    def restore(self, bookkeeping: dict) -> None:
+        for key, value in bookkeeping.items():
+            setattr(self, key, value)
+        self.steps_done = self.history[-1]["step"] if self.history else 0
+
     def summary(self) -> dict:
         return {
             "selection_metrics": self.best["metrics"], "report_metrics": self.report_metrics,
@@ -390,7 +408,10 @@ class TrainLoop:
 
     def _saver(self, step: int) -> Callable[[Path], None]:
         def save(directory: Path) -> None:
-            # Every rank writes its ZeRO shard; the step rides along so a restore continues the schedule.
-            self.engine.save_checkpoint(str(directory), tag=f"step{step}", client_state={"step": step})
+            # Every rank writes its ZeRO shard; the step rides along so a restore continues the schedule. The frozen
+            # backbone is left out: it comes from the model, and would make every checkpoint model-sized.
+            self.engine.save_checkpoint(str(directory), tag=f"step{step}",
+                                        client_state={"step": step, "loop": self.bookkeeping()},
+                                        exclude_frozen_parameters=True)
 
         return save
