@@ -155,9 +155,12 @@ class TuneScheduler(_Strict):
     name: Literal["fifo", "asha", "pbt", "pb2"] = "fifo"
     grace_period: int | None = Field(None, ge=1)  # asha; default train.eval_every
     reduction_factor: float = Field(2.0, gt=1)  # asha
+    max_t: int | None = Field(None, ge=1)  # asha: the last rung, where every trial stops; default: its training's end
     perturbation_interval: int | None = Field(None, ge=1)  # pbt, pb2; default 2 * train.eval_every
     quantile_fraction: float = Field(0.25, gt=0, le=0.5)  # pbt, pb2
     resample_probability: float = Field(0.25, ge=0, le=1)  # pbt
+    # pbt, pb2: every member waits at each perturbation, so exploits do not depend on which trial reports first.
+    synch: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -166,9 +169,9 @@ class TuneScheduler(_Strict):
 
     @model_validator(mode="after")
     def _options_fit(self) -> "TuneScheduler":
-        own = {"asha": {"grace_period", "reduction_factor"},
-               "pbt": {"perturbation_interval", "quantile_fraction", "resample_probability"},
-               "pb2": {"perturbation_interval", "quantile_fraction"}, "fifo": set()}[self.name]
+        own = {"asha": {"grace_period", "reduction_factor", "max_t"},
+               "pbt": {"perturbation_interval", "quantile_fraction", "resample_probability", "synch"},
+               "pb2": {"perturbation_interval", "quantile_fraction", "synch"}, "fifo": set()}[self.name]
         # Dumped configs carry every field: only a value other than the default is a stray option.
         stray = sorted(k for k, f in type(self).model_fields.items()
                        if k not in own | {"name"} and getattr(self, k) != f.default)

@@ -242,8 +242,12 @@ def test_core_resume_continues_exactly_and_takes_new_hyperparameters(data_dir, t
     full = train(cfg, progress=False, reporter=reporter)
     assert saved == [3] and sum(f.stat().st_size for f in (tmp_path / "ckpt").rglob("*") if f.is_file()) < 10**6
     resumed = train(cfg, progress=False, resume_dir=tmp_path / "ckpt")
-    assert [h["step"] for h in resumed["history"]] == [4, 5, 6]
-    assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in full["history"][3:]])
+    # The history and the best selection state ride along: the result is the unbroken run's.
+    assert [h["step"] for h in resumed["history"]] == [1, 2, 3, 4, 5, 6]
+    assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in full["history"]])
+    for key in ("best_step", "selection_metrics", "report_metrics"):
+        assert resumed[key] == full[key]
     faster = config_from_dict(tiny_config(data_dir, train={"max_steps": 6, "eval_every": 3, "lr": 0.5}))
     other = train(faster, progress=False, resume_dir=tmp_path / "ckpt")
-    assert other["history"][0]["lr"] == pytest.approx(10 * full["history"][3]["lr"])
+    assert other["history"][3]["lr"] == pytest.approx(10 * full["history"][3]["lr"])
+    assert other["history"][2]["lr"] == full["history"][2]["lr"]  # before the checkpoint: the run it came from

@@ -208,7 +208,8 @@ class _Runner:
             for seed in self.plan.seeds:
                 members = self.plan.population(cell, seed)
                 name = f"pbt-seed{seed}" + (f"-{config_id(cell)}" if cell else "")
-                finished = self._tune(name, ListSearcher(members), len(members), self.plan.scheduler(), self.dir)
+                finished = self._tune(name, None, len(members), self.plan.scheduler(), self.dir,
+                                      param_space=self.plan.population_space(members))
                 if not finished:
                     return False
                 self._best_member(cell, seed, members)
@@ -258,8 +259,9 @@ class _Runner:
                       "primary_metric": self.plan.primary_metric, "report_metrics": {}, **ident}
         write_json(run_dir(self.dir, ident["config_id"], seed) / RESULT_FILE, record)
 
-    def _tune(self, name: str, searcher, count: int, scheduler, exp_dir: Path) -> bool:
-        """One Tuner (restored if an earlier run of it was interrupted); True when all its trials ended."""
+    def _tune(self, name: str, searcher, count: int, scheduler, exp_dir: Path, param_space=None) -> bool:
+        """One Tuner (restored if an earlier run of it was interrupted) of `count` trials: drawn from `searcher`, or
+        the grid of `param_space`. True when all its trials ended."""
         from ray import tune
 
         from ptray.tracking.mlflow_callback import MLflowSeedCallback
@@ -273,9 +275,10 @@ class _Runner:
             callbacks = [ResultWriter(exp_dir, self.spec, self.plan.primary_metric, self.plan.scheduler_name),
                          MLflowSeedCallback(self.tracking_uri, meta["name"], exp_dir)]
             tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(metric=self.plan.metric, mode="max", search_alg=searcher,
-                                            scheduler=scheduler, num_samples=count,
+                trainable, param_space=param_space,
+                # The searcher and scheduler carry the metric (selection/<primary>) themselves.
+                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                            num_samples=1 if param_space else count,
                                             max_concurrent_trials=self.at_once, trial_dirname_creator=_trial_dirname),
                 run_config=tune.RunConfig(
                     name=name, storage_path=self.storage, callbacks=callbacks,

@@ -15,6 +15,7 @@ import itertools
 import math
 import pickle
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -173,6 +174,16 @@ class SearchPlan:
             members.append(trial_config({**cell, PBT_MEMBER: k}, seed, {**cell, **start}))
         return members
 
+    @staticmethod
+    def population_space(members: list[dict[str, Any]]) -> dict[str, Any]:
+        """PBT takes no searcher: its population as a param space, one grid point per member (its config_id), the
+        member's other values following from it."""
+        by_id = {m["config_id"]: m for m in members}
+        shared = {k: v for k, v in members[0].items() if all(m[k] == v for m in members)}
+        return {**shared, "config_id": tune.grid_search(list(by_id)),
+                **{k: tune.sample_from(partial(_member_value, by_id, k)) for k in members[0]
+                   if k not in shared and k != "config_id"}}
+
     def best_member_overrides(self, cell: dict[str, Any]) -> dict[str, Any]:
         return {**cell, PBT_MEMBER: "best"}
 
@@ -194,20 +205,24 @@ class SearchPlan:
         if s.name == "fifo":
             return None
         if s.name == "asha":
-            # No max_t of its own: a trial ends when its training does.
+            # Without max_t, a trial that survives every rung ends when its training does.
             return ASHAScheduler(time_attr="step", metric=self.metric, mode="max", grace_period=s.grace_period or every,
-                                 reduction_factor=s.reduction_factor, max_t=10**9)
+                                 reduction_factor=s.reduction_factor, max_t=s.max_t or 10**9)
         from ptray.distributed.pbt import SeedPB2, SeedPBT  # PB2 imports scikit-learn
 
         interval = s.perturbation_interval or 2 * every
         if s.name == "pbt":
             mutations = {k: domain(self.tune.search[k]) for k in self.sampled_keys}
             return SeedPBT(time_attr="step", metric=self.metric, mode="max", perturbation_interval=interval,
-                       hyperparam_mutations=mutations, quantile_fraction=s.quantile_fraction,
-                       resample_probability=s.resample_probability)
+                           hyperparam_mutations=mutations, quantile_fraction=s.quantile_fraction,
+                           resample_probability=s.resample_probability, synch=s.synch)
         bounds = {k: next(iter(self.tune.search[k].values())) for k in self.sampled_keys}
         return SeedPB2(time_attr="step", metric=self.metric, mode="max", perturbation_interval=interval,
-                    hyperparam_bounds=bounds, quantile_fraction=s.quantile_fraction)
+                       hyperparam_bounds=bounds, quantile_fraction=s.quantile_fraction, synch=s.synch)
+
+
+def _member_value(by_id: dict[str, dict[str, Any]], key: str, config) -> Any:
+    return by_id[config["config_id"]][key]
 
 
 def selection_score(result: dict[str, Any], primary_metric: str) -> float:
@@ -220,7 +235,7 @@ def selection_score(result: dict[str, Any], primary_metric: str) -> float:
 
 
 class ListSearcher(Searcher):
-    """Hands out a fixed list of trial configs in order (grid, random draws, a PBT population), then finishes."""
+    """Hands out a fixed list of trial configs in order (grid or random draws on every seed), then finishes."""
 
     def __init__(self, configs: list[dict[str, Any]]):
         super().__init__()

@@ -1,0 +1,53 @@
+"""PBT with one population per seed: an exploit really happens (a member restarts from another member's Tune
+checkpoint, with explored hyperparameters), and no seed is ever copied: every member keeps its own seed."""
+import json
+import re
+
+import pytest
+
+from ptray.distributed.ids import config_id
+from tune_util import results, run_ptray, write_config
+
+
+@pytest.mark.slow
+def test_pbt_exploits_within_each_seeds_population(data_dir, tmp_path):
+    # Synchronous PBT: both members wait at steps 4 and 8, then the weaker one takes over the stronger one's state.
+    tune = {"seeds": [0, 1], "num_samples": 2, "search": {"train.lr": {"loguniform": [0.0001, 0.5]}},
+            "scheduler": {"name": "pbt", "perturbation_interval": 4, "quantile_fraction": 0.5, "synch": True}}
+    config = write_config(tmp_path / "pbt.yaml", data_dir, tune, train={"max_steps": 10, "eval_every": 2})
+    out = tmp_path / "exp"
+    p = run_ptray("tune", config, "--output", out, timeout=1500)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+
+    members = {config_id({"pbt.member": k}): k for k in (0, 1)}
+    best = config_id({"pbt.member": "best"})
+    found = results(out)
+    assert set(found) == {(cid, s) for cid in [*members, best] for s in (0, 1)}
+    for (cid, seed), r in found.items():
+        assert r["status"] == "ok", r.get("reason")
+        assert r["seed"] == seed and r["config"]["train"]["seed"] == seed  # a seed is never copied
+        assert [h["step"] for h in r["history"]] == list(range(1, 11))
+
+    for seed in (0, 1):
+        # Tune's PBT log, one line per exploit: [target, donor, target iteration, donor iteration, donor's config,
+        # target's new config]; trials are named after their config_id.
+        log = out / "ray" / f"pbt-seed{seed}" / "pbt_global.txt"
+        exploits = [json.loads(line) for line in log.read_text().splitlines()]
+        assert exploits, f"no exploit in the population of seed {seed}"
+        for target, donor, _, _, donor_config, new in exploits:
+            assert target != donor and donor_config["seed"] == new["seed"] == seed
+            assert new["config_id"] != donor_config["config_id"]  # a member keeps its slot, takes only the state
+        target, donor, _, donor_iteration, _, new = exploits[-1]
+        target, donor = (re.search(r"config_id=([0-9a-f]{12})", name).group(1) for name in (target, donor))
+        # The target went on from the donor's checkpoint (2 steps per report): its run up to there is the donor's,
+        # and after it the explored learning rate.
+        n = 2 * donor_iteration
+        took, gave = found[target, seed], found[donor, seed]
+        assert [h["loss"] for h in took["history"][:n]] == [h["loss"] for h in gave["history"][:n]]
+        assert took["config"]["train"]["lr"] == new["train.lr"] != gave["config"]["train"]["lr"]
+        # The population's result on this seed: its best member by the selection split.
+        chosen = found[best, seed]
+        assert chosen["best_of"] in members and chosen["label"] == "pbt.member=best"
+        assert chosen["selection_metrics"]["accuracy"] == max(found[c, seed]["selection_metrics"]["accuracy"]
+                                                              for c in members)
+    assert "pbt.member=best" in p.stdout

@@ -1,0 +1,53 @@
+"""`ptray tune --resume DIR` after a Ctrl-C: finished seeds are not run again, the interrupted one continues from its
+last Tune checkpoint, the rest run; the experiment ends as an unbroken one would."""
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import REPO
+from ptray.distributed.ids import config_id
+from tune_util import ptray_cmd, results, run_ptray, write_config
+
+
+@pytest.mark.slow
+def test_resume_after_interrupt_runs_only_what_is_left(data_dir, tmp_path):
+    tune = {"seeds": [0, 1, 2], "max_concurrent": 1}
+    config = write_config(tmp_path / "r.yaml", data_dir, tune, train={"max_steps": 6, "eval_every": 2})
+    out = tmp_path / "exp"
+    cid = config_id({})
+    first = out / "runs" / cid / "seed0" / "result.json"
+    search = out / "ray" / "search"
+    run = subprocess.Popen(ptray_cmd("tune", config, "--output", out), cwd=REPO, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Interrupt once seed 0 is done and seed 1 has its first checkpoint (step 2 of 6).
+    deadline = time.time() + 600
+    while not (first.is_file() and list(search.glob(f"{cid}-seed1-*/checkpoint_000000"))):
+        assert run.poll() is None, run.stdout.read()[-3000:]
+        assert time.time() < deadline, "seed 1 never checkpointed"
+        time.sleep(1)
+    run.send_signal(signal.SIGINT)
+    output = run.communicate(timeout=300)[0]
+    assert run.returncode == 130, output[-3000:]
+    assert f"continue with: ptray tune --resume {out}" in output
+    before = first.read_text()
+    assert {s for _, s in results(out)} == {0}
+
+    p = run_ptray("tune", "--resume", out)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    found = results(out)
+    assert set(found) == {(cid, s) for s in (0, 1, 2)}
+    assert all(r["status"] == "ok" and [h["step"] for h in r["history"]] == [1, 2, 3, 4, 5, 6]
+               for r in found.values())
+    assert first.read_text() == before  # seed 0 was not run again
+    assert len(list(search.glob(f"{cid}-seed*"))) == 3  # three trials in all
+    # Seed 1 went on from its checkpoint: Tune heard its step-2 evaluation once, not again from a fresh start.
+    [seed1] = search.glob(f"{cid}-seed1-*")
+    steps = [json.loads(line).get("step") for line in (seed1 / "result.json").read_text().splitlines()]
+    assert steps.count(2) == 1 and 6 in steps
+
+    again = run_ptray("tune", "--resume", out)  # nothing left: it only prints the table
+    assert again.returncode == 0 and "search: 3/3 trials ended" in again.stdout
+    assert {k: v["trial_id"] for k, v in results(out).items()} == {k: v["trial_id"] for k, v in found.items()}
