@@ -70,12 +70,16 @@ def test_packed_seeds_match_separate_runs(separate, packed):
     assert len({tuple(losses(r)) for r in together}) == len(SEEDS)
 
 
-@pytest.mark.parametrize("method, model", [("vanilla", "minilm"), ("residual", "minilm"), ("vanilla", "gpt2")])
-def test_packed_gradient_is_each_seeds_own(data_dir, tiny_models, method, model):
+@pytest.mark.parametrize("chunk_rows", [None, 3])
+@pytest.mark.parametrize("method, model, task", [("vanilla", "minilm", "rte"), ("residual", "minilm", "rte"),
+                                                 ("vanilla", "gpt2", "rte"), ("vanilla", "gpt2", "copa")])
+def test_packed_gradient_is_each_seeds_own(data_dir, tiny_models, method, model, task, chunk_rows):
     # The packed loss is the sum of the seeds' losses: each seed's parameters get exactly the gradient of its own run
-    # (not 1/K of it, none from the other seeds' rows), through an encoder's own head or an LM's shared scorer.
+    # (not 1/K of it, none from the other seeds' rows), through an encoder's own head or an LM's shared scorer; in
+    # one backbone pass or in length-sorted chunks of rows (as on a CPU).
     name = "minilm" if model == "minilm" else str(tiny_models[model])
-    cfgs = [cfg_for(data_dir, s, model={"name": name}, method={"name": method}) for s in SEEDS[:2]]
+    cfgs = [cfg_for(data_dir, s, model={"name": name}, method={"name": method}, task={"name": task})
+            for s in SEEDS[:2]]
     p = prepare(cfgs[0])
     backbone = bb.load_backbone(cfgs[0].model)
     models = [build_model(c, backbone, p.task) for c in cfgs]
@@ -87,7 +91,7 @@ def test_packed_gradient_is_each_seeds_own(data_dir, tiny_models, method, model)
     pad = backbone.tokenizer.pad_token_id
 
     joint = collate(own[0] + own[1], pad)
-    scores = PackedModel(models)(joint, [4, 3])
+    scores = PackedModel(models)(joint, [4, 3], chunk_rows)
     sum(option_loss(s, y) for s, y in zip(scores, joint["labels"].split([4, 3]))).backward()
     packed = [{k: v.grad.clone() for k, v in m.named_parameters() if v.requires_grad} for m in models]
 
@@ -118,6 +122,35 @@ def test_a_diverging_seed_fails_alone(data_dir, separate):
     for i in (0, 2):
         np.testing.assert_allclose([h["loss"] for h in pack.loops[i].history], losses(alone[i]), rtol=1e-4, atol=1e-5)
         assert pack.loops[i].report_metrics == alone[i]["report_metrics"]
+
+
+@pytest.mark.slow
+def test_a_resumed_pack_reports_as_an_unbroken_one(data_dir, packed, tmp_path):
+    # Every seed's reporter hears step 3 and stops the pack there, seed 0's saving the pack's checkpoint first; a new
+    # pack resumed from it finishes as the unbroken pack did, every seed's history and best state included.
+    unbroken, _ = packed
+    heard = []
+
+    def reporter(i):
+        def report(step, metrics, save):
+            heard.append((i, step, metrics["accuracy"]))
+            if i == 0:
+                save(tmp_path / "checkpoint")
+            return True
+
+        return report
+
+    cfgs = [cfg_for(data_dir, s) for s in SEEDS]
+    stopped = train_packed(cfgs, [None] * 3, reporters=[reporter(i) for i in range(3)], progress=False)
+    assert [(i, step) for i, step, _ in heard] == [(0, 3), (1, 3), (2, 3)]
+    assert [acc for _, _, acc in heard] == [r["history"][2]["selection"]["accuracy"] for r in unbroken]
+    assert all(r["steps"] == 3 for r in stopped)
+    resumed = train_packed(cfgs, [None] * 3, resume_dir=tmp_path / "checkpoint", progress=False)
+    for a, b in zip(unbroken, resumed):
+        assert b["status"] == "ok", b.get("reason")
+        np.testing.assert_allclose(losses(b), losses(a), rtol=1e-4, atol=1e-5)
+        assert b["selection_metrics"] == a["selection_metrics"] and b["report_metrics"] == a["report_metrics"]
+        assert b["best_step"] == a["best_step"] and b["steps"] == 6
 
 
 def test_failed_seeds_are_recorded_not_dropped(data_dir, tmp_path):

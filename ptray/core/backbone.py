@@ -164,6 +164,10 @@ def _load(cfg: ModelConfig) -> Backbone:
     cls = {"encoder": AutoModel, "causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM}[family]
     # Encoders: the pooler of a sentence encoder is unused (we pool ourselves), so leave it out.
     extra = {"add_pooling_layer": False} if family == "encoder" and hf_config.model_type in ("bert", "roberta") else {}
+    if dtype == torch.bfloat16 and resolve_device(cfg.device).type == "cpu":
+        # SDPA's bf16 backward is slow on CPUs: eager attention made a MiniLM train step 1.7x and a SmolLM2 one 5x
+        # faster here (benchmarks/RESULTS.md). fp32 keeps SDPA, which is as fast or faster there.
+        extra["attn_implementation"] = "eager"
     model = cls.from_pretrained(path, dtype=dtype, **kwargs, **extra)
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     if tokenizer.pad_token_id is None:

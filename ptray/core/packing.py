@@ -102,8 +102,8 @@ def split_batch(batch: dict[str, torch.Tensor], sizes: list[int]) -> tuple[list[
 
 
 class PackedModel(nn.Module):
-    """K seeds' PromptModels over one frozen backbone: each seed prompts its own rows, one backbone pass reads them all,
-    and each seed's head (encoders) or the shared scorer (LMs) turns them into that seed's option scores."""
+    """K seeds' PromptModels over one frozen backbone: each seed prompts its own rows, the backbone reads them all
+    together, and each seed's head (encoders) or the shared scorer (LMs) turns them into that seed's option scores."""
 
     def __init__(self, models: list[PromptModel]):
         super().__init__()
@@ -111,9 +111,11 @@ class PackedModel(nn.Module):
             raise ValueError("packed seeds must share one backbone object (load_model reuses it under ZeRO stage 0)")
         self.seeds = nn.ModuleList(models)
 
-    def forward(self, batch: dict[str, torch.Tensor], sizes: list[int]) -> list[torch.Tensor | None]:
+    def forward(self, batch: dict[str, torch.Tensor], sizes: list[int],
+                chunk_rows: int | None = None) -> list[torch.Tensor | None]:
         """`batch` holds sizes[0] examples of seed 0, then sizes[1] of seed 1, ...; returns each seed's [n, K] option
-        scores, None for a seed given no examples (stopped or failed)."""
+        scores, None for a seed given no examples (stopped or failed). chunk_rows: read the rows in backbone passes of
+        at most that many, sorted by length (see `read_in_chunks`); None: one pass for all."""
         parts, row_counts = split_batch(batch, sizes)
         first = self.seeds[0]
         live = [i for i, n in enumerate(sizes) if n]
@@ -123,14 +125,39 @@ class PackedModel(nn.Module):
         joint = Prompted(*(torch.cat(t) for t in zip(*(p[:3] for p in prompted))))
         live_rows = [row_counts[i] for i in live]
         if first.family == "encoder":
-            pooled = first.pooled(batch, joint).split(live_rows)
+            pooled = read_in_chunks(first.pooled, batch, joint, chunk_rows).split(live_rows)
             rows = [self.seeds[i].head(x.float()) for i, x in zip(live, pooled)]
         else:  # LMs score with the frozen LM head: nothing per seed after the backbone
-            rows = getattr(first, f"_{first.family}")(batch, joint).split(live_rows)
+            rows = read_in_chunks(getattr(first, f"_{first.family}"), batch, joint, chunk_rows).split(live_rows)
         scores: list[torch.Tensor | None] = [None] * len(sizes)
         for i, r in zip(live, rows):
             scores[i] = self.seeds[i]._to_options(parts[i], r)
         return scores
+
+
+# Batch keys laid out along the input's tokens (cut with them); the others are per row or per example.
+TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "target_mask")
+
+
+def read_in_chunks(read, batch: dict[str, torch.Tensor], p: Prompted, chunk_rows: int | None) -> torch.Tensor:
+    """`read(batch, p)` (one output row per input row), in passes of at most chunk_rows rows of similar length, each
+    cut to its own longest row. Seeds draw batches of different lengths, so one pass pads every row to the longest
+    of all of them; where compute grows with padded positions and a pass costs little more than its FLOPs (a CPU),
+    sorted chunks win that padding back."""
+    rows = p.attention_mask.shape[0]
+    if chunk_rows is None or rows <= chunk_rows:
+        return read(batch, p)
+    # Rows are right-padded: a row's prompted length is its last attended position + 1.
+    lengths = p.attention_mask.shape[1] - p.attention_mask.flip(1).argmax(1)
+    input_lengths = batch["attention_mask"].sum(1)
+    order = lengths.argsort(descending=True)
+    outs = []
+    for idx in order.split(chunk_rows):
+        width, input_width = int(lengths[idx].max()), int(input_lengths[idx].max())
+        sub = {k: v[idx][:, :input_width] if k in TOKEN_KEYS else v[idx] for k, v in batch.items() if k != "labels"}
+        outs.append(read(sub, Prompted(p.inputs_embeds[idx, :width], p.attention_mask[idx, :width],
+                                       p.token_positions[idx, :input_width])))
+    return torch.cat(outs)[order.argsort()]
 
 
 def train_packed(cfgs: list[ExperimentConfig], output_dirs: list[str | Path | None],
@@ -139,8 +166,9 @@ def train_packed(cfgs: list[ExperimentConfig], output_dirs: list[str | Path | No
     """Train the seeds of one config together: `cfgs` equal but for train.seed (ConfigError otherwise, before any
     weights load). Returns one result per seed, in order, each also written to its output dir as `train` writes it
     (plus `seed_pack`: the seeds packed together). A seed that diverges fails alone; a crash of the pack fails every
-    seed still training, with the reason. reporters[i] hears seed i's evaluations like `train`'s reporter; its
-    `save(dir)` writes the whole pack's checkpoint, which `resume_dir` restores (every seed, at that step)."""
+    seed still training, with the reason. reporters[i] hears seed i's evaluations like `train`'s reporter, once every
+    seed has booked the step; its `save(dir)` writes the whole pack's checkpoint (every seed's state and
+    bookkeeping), which `resume_dir` restores."""
     check_pack(cfgs)
     k = len(cfgs)
     reporters = list(reporters) if reporters is not None else [None] * k
@@ -156,7 +184,7 @@ def train_packed(cfgs: list[ExperimentConfig], output_dirs: list[str | Path | No
     try:
         pack = build_pack(cfgs, p, outs, reporters, progress)
         t_load = time.perf_counter()
-        pack.run(resume(pack.engine, resume_dir) if resume_dir is not None else 0)
+        pack.run(resume(pack.engine, resume_dir, pack) if resume_dir is not None else 0)
         failed = pack.failed
         for i, (result, loop) in enumerate(zip(results, pack.loops)):
             result["trainable_params"] = sum(x.numel() for x in loop._trainable_params())
@@ -202,22 +230,29 @@ def build_pack(cfgs: list[ExperimentConfig], p: Prepared, outs: list[Path | None
     # DeepSpeed would clip all seeds' gradients as one vector: the pack clips each seed's itself.
     unclipped = cfgs[0].model_copy(update={"train": cfgs[0].train.model_copy(update={"max_grad_norm": None})})
     engine = build_engine(PackedModel(models), unclipped, total, p.device)
-    loops = [TrainLoop(c, engine, m, p, data, encoder, total, rank, world, o, r, False)
-             for c, m, o, r in zip(cfgs, models, outs, reporters)]
-    return Pack(loops, engine, progress and rank == 0)
+    # The pack calls the reporters itself, once every seed has booked a step (see Pack.run).
+    loops = [TrainLoop(c, engine, m, p, data, encoder, total, rank, world, o, None, False)
+             for c, m, o in zip(cfgs, models, outs)]
+    return Pack(loops, engine, reporters, progress and rank == 0)
 
 
 class Pack:
     """The packed step loop: one joint micro-batch of every training seed's own next batch -> one forward/backward ->
     per-seed clipping -> one optimizer step; each seed's TrainLoop does its bookkeeping (history, best state,
-    reporter, adapter)."""
+    adapter), the pack calls the reporters. Its checkpoints carry every seed's bookkeeping: `train.resume` restores
+    the pack as it restores a loop (bookkeeping / restore)."""
 
-    def __init__(self, loops: list[TrainLoop], engine, progress: bool):
-        self.loops, self.engine, self.progress = loops, engine, progress
+    def __init__(self, loops: list[TrainLoop], engine, reporters: list[Reporter | None], progress: bool):
+        self.loops, self.engine, self.reporters, self.progress = loops, engine, reporters, progress
         first = loops[0]
         self.tc, self.p, self.data, self.pad_id = first.cfg.train, first.p, first.data, first.pad_id
         self.training = [True] * len(loops)
         self.failed: dict[int, str] = {}
+        # Rows per backbone pass (read_in_chunks). A CPU computes every padded position and a pass costs it little
+        # more than its FLOPs: sorted chunks of one batch. A GPU pays a fixed cost per pass: one pass for all seeds.
+        cpu = engine.device.type == "cpu"
+        self.chunk_rows = {"train": self.tc.batch_size if cpu else None,
+                           "eval": self.tc.eval_batch_size if cpu else None}
         self.train_seconds = self.eval_seconds = 0.0
 
     def active(self) -> list[int]:
@@ -253,6 +288,12 @@ class Pack:
             for i in self.active():
                 if self.loops[i].end_step(step, losses[i], metrics.get(i)):
                     self.training[i] = False
+            # The reporters hear the step once every seed has booked it, so a checkpoint saved now holds them all.
+            for i, m in metrics.items():
+                reporter = self.reporters[i]
+                if reporter is not None and reporter(step, {**m, "loss": self.loops[i].history[-1]["loss"]},
+                                                     self.saver(step)):
+                    self.training[i] = False
         bar.close()
         done = [i for i in range(len(self.loops)) if i not in self.failed]
         for i in done:
@@ -267,7 +308,7 @@ class Pack:
         items = self.data["train"]
         sizes = [len(idx) for idx in indices]
         batch = self.loops[0]._to_device(collate([items[j] for idx in indices for j in idx], self.pad_id))
-        scores = self.engine(batch, sizes)
+        scores = self.engine(batch, sizes, self.chunk_rows["train"])
         total = None
         for i, (s, labels) in enumerate(zip(scores, batch["labels"].split(sizes))):
             if s is None:
@@ -293,6 +334,25 @@ class Pack:
                 clip_grad_norm_(self.loops[i]._trainable_params(), self.tc.max_grad_norm)
         self.engine.step()
 
+    def saver(self, step: int):
+        def save(directory: Path) -> None:
+            # As TrainLoop's saver, with every seed's bookkeeping: `resume(engine, dir, pack)` restores the pack.
+            self.engine.save_checkpoint(str(directory), tag=f"step{step}",
+                                        client_state={"step": step, "loop": self.bookkeeping()},
+                                        exclude_frozen_parameters=True)
+
+        return save
+
+    def bookkeeping(self) -> dict:
+        return {"seeds": [loop.bookkeeping() for loop in self.loops], "training": self.training,
+                "failed": self.failed, "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds}
+
+    def restore(self, bookkeeping: dict) -> None:
+        for loop, state in zip(self.loops, bookkeeping["seeds"]):
+            loop.restore(state)
+        self.training, self.failed = list(bookkeeping["training"]), dict(bookkeeping["failed"])
+        self.train_seconds, self.eval_seconds = bookkeeping["train_seconds"], bookkeeping["eval_seconds"]
+
     def fail(self, i: int, reason: str) -> None:
         self.training[i] = False
         self.failed[i] = reason
@@ -306,7 +366,7 @@ class Pack:
         def forward(items):
             sizes = [len(items) if i in seeds else 0 for i in range(k)]
             batch = self.loops[0]._to_device(collate(items * len(seeds), self.pad_id))
-            return [s for s in self.engine(batch, sizes) if s is not None]
+            return [s for s in self.engine(batch, sizes, self.chunk_rows["eval"]) if s is not None]
 
         first = self.loops[0]
         preds = predict(forward, self.data[role], self.tc.eval_batch_size, first.rank, first.world)
