@@ -101,7 +101,10 @@ def test_packed_gradient_is_each_seeds_own(data_dir, tiny_models, method, model,
         option_loss(m(batch), batch["labels"]).backward()
         for k, v in m.named_parameters():
             if v.requires_grad:
-                torch.testing.assert_close(grads[k], v.grad, rtol=1e-4, atol=1e-7, msg=k)
+                # fp32 sums in another order (another batch shape, another CPU's kernels): tolerance relative to the
+                # tensor's scale; a leaked or 1/K gradient is off by far more.
+                scale = v.grad.abs().max().item()
+                torch.testing.assert_close(grads[k], v.grad, rtol=1e-4, atol=1e-5 * scale, msg=k)
         assert m.method.prompt.grad.abs().sum() > 0
 
 

@@ -1,36 +1,29 @@
 """Wrap the model and optimizer in a DeepSpeed engine (ZeRO stage, accumulation and clipping from the config).
 
-Only trainable parameters go to the optimizer. In a single process we start a one-rank gloo/nccl group ourselves;
-under Ray Train the group already exists and DeepSpeed reuses it.
+Only trainable parameters go to the optimizer. In a single process we start a one-rank gloo/nccl group ourselves, on
+an in-process store (no TCP port to pick: parallel trials racing for a "free" port fail with EADDRINUSE); under Ray
+Train the group already exists and DeepSpeed reuses it; under torchrun / the deepspeed launcher it joins from env.
 """
 from __future__ import annotations
 
 import logging
 import os
-import socket
 
 import torch
 
 from ptray.config import TrainConfig
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init_distributed(device: torch.device) -> None:
     import deepspeed
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        return
-    if "RANK" not in os.environ:
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         # A lone process: a group of one, so the same engine code runs here and on a cluster.
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", verbose=False)
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine reads it
+    deepspeed.init_distributed(dist_backend=backend, verbose=False)  # reuses the group that exists
 
 
 def build_optimizer(params, cfg: TrainConfig):
