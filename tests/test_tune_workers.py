@@ -26,8 +26,8 @@ def test_two_worker_trial_trains_with_zero3_and_checkpoints(data_dir, tmp_path):
     # Every evaluation's Tune checkpoint holds the ZeRO-3 shard of each rank and the loop's step.
     [trial_dir] = (out / "ray" / "search").glob(f"{cid}-seed{seed}-*")
     checkpoints = sorted(trial_dir.glob("checkpoint_*"))
-    evals = [c for c in checkpoints if not (c / "result.json").exists()]
-    assert len(evals) >= 1 and (checkpoints[-1] / "result.json").is_file()
+    evals = [c for c in checkpoints if not (c / f"seed{seed}" / "result.json").exists()]
+    assert len(evals) >= 1 and (checkpoints[-1] / f"seed{seed}" / "result.json").is_file()
     last = evals[-1]
     shards = {f.name for f in last.rglob("*optim_states.pt")}
     assert any("zero_pp_rank_0" in s for s in shards) and any("zero_pp_rank_1" in s for s in shards), shards

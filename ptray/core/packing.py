@@ -1,8 +1,9 @@
-"""Seed packing: the seeds of one config trained together through one pass of the shared frozen backbone.
+"""Seed packing: the seeds of one config trained together through the shared frozen backbone.
 
 A seed-robustness study repeats one run over seeds. The backbone is frozen, so the seeds differ only in their prompts
 (and heads): their batches can share one forward and one backward of the backbone, paying per-step overhead and weight
-reads once for K seeds. Each seed keeps everything that makes it a seed:
+reads once for K seeds (on a GPU one pass; on a CPU, where padding costs more than passes, the pack's rows go through
+in length-sorted chunks: `read_in_chunks`). Each seed keeps everything that makes it a seed:
 
 * its own prompt and head: its own method instance, initialised from its own generator, exactly as `train` builds it;
 * its own optimizer state (one AdamW over all seeds is per element) and gradient clipping (per seed); the packed loss

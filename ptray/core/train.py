@@ -11,6 +11,7 @@ import json
 import math
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -149,7 +150,10 @@ def resume(engine, resume_dir: str | Path, loop: TrainLoop | None = None) -> int
     _, client = engine.load_checkpoint(str(resume_dir), load_module_strict=False, load_lr_scheduler_states=False)
     start_step = int((client or {}).get("step", 0))
     engine.lr_scheduler.last_epoch = start_step - 1
-    engine.lr_scheduler.step()
+    with warnings.catch_warnings():
+        # torch warns of a scheduler step before any optimizer step; here it only sets the lr for start_step.
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+        engine.lr_scheduler.step()
     if loop is not None and client and "loop" in client:
         loop.restore(client["loop"])
     return start_step

@@ -32,6 +32,9 @@ def run_experiment(config: str | Path | None = None, output: str | Path | None =
                    address: str | None = None, resume: str | Path | None = None) -> int:
     """Run (or continue) an experiment; returns the process exit code (0, or INTERRUPTED)."""
     exp_dir, cfg = _experiment(config, output, list(overrides), resume)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        check_reachable(address)
     from ptray.core.train import prepare  # the core's cheap checks (data files, prompt length), before any Ray
 
     cfg = _absolute_paths(cfg)
@@ -121,15 +124,16 @@ def _known_configs(plan: SearchPlan) -> list[dict[str, Any]]:
 
 # --- Ray ---------------------------------------------------------------------------------------------------------
 def connect(address: str | None) -> bool:
-    """Join the cluster at `address` / $RAY_ADDRESS, or start a local Ray in this process. True if started here."""
+    """Join the cluster at `address`, or start a local Ray in this process. True if started here."""
     import ray
 
-    address = address or os.environ.get("RAY_ADDRESS")
     if not address:
         ray.init(include_dashboard=False)  # as many CPUs as this machine has: trials are sized against them
         return True
-    check_reachable(address)
-    ray.init(address=address)
+    try:
+        ray.init(address=address)
+    except ConnectionError as e:  # something answered the knock, but no Ray cluster
+        raise _unreachable(address, e) from None
     return False
 
 
@@ -146,9 +150,12 @@ def check_reachable(address: str, timeout: float = 3.0) -> None:
     try:
         socket.create_connection((parsed.hostname, parsed.port), timeout=timeout).close()
     except OSError as e:
-        raise ConfigError(f"no Ray cluster answers at {address} ({e}); start one (`ray start --head`, `ray up "
-                          "cluster.yaml`), fix --address / RAY_ADDRESS, or leave both unset to run on a local "
-                          "Ray") from None
+        raise _unreachable(address, e) from None
+
+
+def _unreachable(address: str, reason: Exception) -> ConfigError:
+    return ConfigError(f"no Ray cluster answers at {address} ({reason}); start one (`ray start --head`, `ray up "
+                       "cluster.yaml`), fix --address / RAY_ADDRESS, or leave both unset to run on a local Ray")
 
 
 def check_capacity(tune_cfg: TuneConfig) -> int:
@@ -166,9 +173,7 @@ def check_capacity(tune_cfg: TuneConfig) -> int:
     if config is not None:
         nodes += [dict(g.resources) for g in config.node_group_configs]
     largest = {k: max(n.get(k, 0) for n in nodes) for k in worker}
-    short = [k for k, v in trial.items() if v > total.get(k, 0)] + \
-            [k for k, v in worker.items() if v > largest[k]]
-    if short:
+    if any(v > total.get(k, 0) for k, v in trial.items()) or any(v > largest[k] for k, v in worker.items()):
         raise ConfigError(
             f"tune.resources asks for {r.workers} worker(s) x ({r.cpus_per_worker} CPU, {r.gpus_per_worker} GPU) per "
             f"trial, {_fmt(trial)} in all, but this cluster has at most {_fmt({k: total.get(k, 0) for k in worker})} "
@@ -183,7 +188,8 @@ def _fmt(resources: dict[str, float]) -> str:
 
 
 def _trial_dirname(trial) -> str:
-    return f"{trial.config['config_id']}-seed{trial.config['seed']}-{trial.trial_id}"
+    seeds = trial.config.get("seeds") or [trial.config["seed"]]
+    return f"{trial.config['config_id']}-seed{'-'.join(map(str, seeds))}-{trial.trial_id}"
 
 
 class _Runner:
@@ -228,7 +234,7 @@ class _Runner:
         if not (self.confirm_dir / EXPERIMENT_FILE).is_file():
             _write_experiment(self.confirm_dir, self.plan, f"{self.plan.tune.name}-confirm", fresh, chosen,
                               self.plan.baseline_config_id())
-        trials = [trial_config(o, s) for s in fresh for o in chosen]
+        trials = [trial_config(o, pack) for pack in self.plan.packs(fresh) for o in chosen]
         return self._tune("confirm", ListSearcher(trials), len(trials), None, self.confirm_dir)
 
     def ranking(self) -> list[tuple[float, dict[str, Any]]]:
@@ -253,7 +259,7 @@ class _Runner:
         ok = [r for r in results if r["status"] == "ok"]
         if ok:
             best = max(ok, key=lambda r: selection_score(r, self.plan.primary_metric))
-            record = {**best, **ident, "best_of": best["config_id"], "trial_id": best.get("trial_id")}
+            record = {**best, **ident, "best_of": best["config_id"]}
         else:
             record = {"seed": seed, "status": "failed", "reason": "no member of the population finished",
                       "primary_metric": self.plan.primary_metric, "report_metrics": {}, **ident}

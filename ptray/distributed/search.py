@@ -6,7 +6,9 @@ sees each of its suggestions repeated on all seeds and learns from their mean. P
 seed (a Tuner each), so a trial never takes over a model trained on another seed.
 
 A Tune trial's config (the contract with tracking): {"config_id", "seed", "overrides", "label"} plus every searched
-key at the top level (`train.lr`, ...), where schedulers and searchers read and write them.
+key at the top level (`train.lr`, ...), where schedulers and searchers read and write them. With `train.seed_pack` K,
+a trial trains K seeds of its config together (ptray.core.packing) and also holds "seeds": all of them; "seed" is
+the first, the one its reports speak for.
 """
 from __future__ import annotations
 
@@ -35,10 +37,11 @@ EVOLVING = ("pbt", "pb2")
 SAMPLING_SEED = 0
 
 
-def trial_config(overrides: dict[str, Any], seed: int, values: dict[str, Any] | None = None) -> dict[str, Any]:
+def trial_config(overrides: dict[str, Any], seeds: list[int], values: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a Tune trial receives: its identity, and the values of the searched keys (default: the overrides)."""
-    return {"config_id": config_id(overrides), "seed": seed, "overrides": overrides, "label": label(overrides),
-            **(overrides if values is None else values)}
+    pack = {"seeds": seeds} if len(seeds) > 1 else {}
+    return {"config_id": config_id(overrides), "seed": seeds[0], **pack, "overrides": overrides,
+            "label": label(overrides), **(overrides if values is None else values)}
 
 
 def with_values(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
@@ -64,9 +67,9 @@ def lookup(config: dict[str, Any], key: str) -> Any:
 
 
 def domain(entry: dict[str, list]):
-    """A search entry as a Ray Tune domain (grid entries are sampled like choices)."""
+    """A sampled search entry as a Ray Tune domain."""
     kind, v = next(iter(entry.items()))
-    if kind in ("grid", "choice"):
+    if kind == "choice":
         return tune.choice(v)
     if kind == "randint":
         return tune.randint(v[0], v[1] + 1)  # ours is inclusive, Tune's upper bound is not
@@ -95,6 +98,7 @@ class SearchPlan:
         self._check_values()
         if self.evolving:
             self._check_evolvable()
+        self._check_packing()
 
     @property
     def metric(self) -> str:
@@ -142,6 +146,25 @@ class SearchPlan:
             if name == "pbt" and kind == "randint":
                 raise ConfigError(f"tune.search: {key} is a float; give it as uniform, loguniform or choice for pbt")
 
+    def _check_packing(self) -> None:
+        k = self.cfg.train.seed_pack
+        if k == 1:
+            return
+        if self.scheduler_name != "fifo":
+            raise ConfigError(f"train.seed_pack {k} trains seeds together in one trial, but scheduler "
+                              f"{self.scheduler_name} stops or evolves single seeds: use train.seed_pack=1 with it")
+        if self.tune.resolved_searcher() == "optuna":
+            raise ConfigError(f"train.seed_pack {k}: searcher optuna repeats each suggestion seed by seed; use "
+                              "searcher grid or random with packed seeds, or train.seed_pack=1")
+        if self.tune.resources.workers > 1:
+            raise ConfigError(f"train.seed_pack {k} packs seeds in one process; tune.resources.workers "
+                              f"{self.tune.resources.workers} needs train.seed_pack=1")
+
+    def packs(self, seeds: list[int]) -> list[list[int]]:
+        """The seeds in trials: one each, or train.seed_pack of them together."""
+        k = self.cfg.train.seed_pack
+        return [seeds[i:i + k] for i in range(0, len(seeds), k)]
+
     # --- configs ----------------------------------------------------------------------------------------------------
     def grid_cells(self) -> list[dict[str, Any]]:
         values = [self.tune.search[k]["grid"] for k in self.grid_keys]
@@ -162,8 +185,9 @@ class SearchPlan:
         return list(configs.values())
 
     def search_trials(self) -> list[dict[str, Any]]:
-        """Every config on every seed, seed by seed: the first results already compare configs on the same seed."""
-        return [trial_config(o, s) for s in self.seeds for o in self.search_configs()]
+        """Every config on every seed, seed by seed (pack by pack): the first results already compare configs on the
+        same seeds."""
+        return [trial_config(o, pack) for pack in self.packs(self.seeds) for o in self.search_configs()]
 
     def population(self, cell: dict[str, Any], seed: int) -> list[dict[str, Any]]:
         """PBT / PB2: num_samples members on one seed; member k starts from the same values in every population."""
@@ -171,7 +195,7 @@ class SearchPlan:
         members = []
         for k in range(self.tune.num_samples):
             start = self._draw(rng)
-            members.append(trial_config({**cell, PBT_MEMBER: k}, seed, {**cell, **start}))
+            members.append(trial_config({**cell, PBT_MEMBER: k}, [seed], {**cell, **start}))
         return members
 
     @staticmethod
@@ -276,4 +300,4 @@ class SeedRepeater(Repeater):
         if not isinstance(config, dict):
             return config
         seed = self.seeds[config.pop(TRIAL_INDEX)]
-        return trial_config({k: _plain(v) for k, v in config.items()}, seed)
+        return trial_config({k: _plain(v) for k, v in config.items()}, [seed])

@@ -6,7 +6,9 @@
     every evaluation   -> tune.report(config_id, seed, step, loss, selection/<m>) + a Tune checkpoint (DeepSpeed state:
                           what PBT exploits, what a retry or `--resume` restarts from)
     the end            -> a last report (done_ptray, status, reason, report/<m>) whose checkpoint holds the core's
-                          result.json and adapter
+                          result.json and adapter, in seed<N>/
+    train.seed_pack K  -> the trial trains its K seeds together (ptray.core.packing); its reports speak for its first
+                          seed, its last checkpoint holds every seed's result
     ResultWriter   a driver-side Tune callback: copies that last checkpoint into DIR/runs/..., or records a seed that a
                    scheduler stopped or that crashed (after its retries) with the reason. The driver writes every
                    result, so trials on other nodes need no shared folder with it.
@@ -48,10 +50,10 @@ class TrialSpec:
     train_storage: str  # where multi-worker trials keep their Ray Train runs
     keep_checkpoints: int
 
-    def experiment_config(self, config: dict[str, Any]) -> ExperimentConfig:
+    def experiment_config(self, config: dict[str, Any], seed: int) -> ExperimentConfig:
         values = {k: config[k] for k in self.keys}
-        return config_from_dict(with_values(self.base, {**values, "train.seed": config["seed"]}),
-                                f"trial {config['config_id']} seed {config['seed']}")
+        return config_from_dict(with_values(self.base, {**values, "train.seed": seed}),
+                                f"trial {config['config_id']} seed {seed}")
 
     def trial_resources(self) -> dict[str, float]:
         """What Tune reserves for the trial itself: the whole worker when it trains in-process; with a TorchTrainer
@@ -62,6 +64,10 @@ class TrialSpec:
 
     def worker_resources(self) -> dict[str, float]:
         return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.gpus_per_worker else {})}
+
+
+def seeds_of(config: dict[str, Any]) -> list[int]:
+    return config.get("seeds") or [config["seed"]]
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:
@@ -103,28 +109,36 @@ class Reporter:
 def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     """The Tune function: train this (config, seed), resuming from the trial's checkpoint if it has one (a retry,
     `--resume`, or a PBT exploit of another member's state)."""
-    cfg = spec.experiment_config(config)
+    cfgs = [spec.experiment_config(config, seed) for seed in seeds_of(config)]
     ident = identity(config)
     checkpoint = tune.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext() as resume:
-        if resume is not None and (Path(resume) / RESULT_FILE).is_file():
+        done = Path(resume) / f"seed{config['seed']}" / RESULT_FILE if resume is not None else None
+        if done is not None and done.is_file():
             # Finished before an interruption: say so again, train nothing.
-            result = json.loads((Path(resume) / RESULT_FILE).read_text())
-            tune.report(final_metrics(ident, result, 0), checkpoint=checkpoint)
+            tune.report(final_metrics(ident, json.loads(done.read_text()), 0), checkpoint=checkpoint)
             return
-        if spec.workers == 1:
-            _train_here(cfg, ident, resume)
+        if spec.workers > 1:
+            _train_with_workers(cfgs[0], ident, spec, checkpoint)
         else:
-            _train_with_workers(cfg, ident, spec, checkpoint)
+            _train_here(cfgs, ident, resume)
 
 
-def _train_here(cfg: ExperimentConfig, ident: dict[str, Any], resume: str | None) -> None:
+def _train_here(cfgs: list[ExperimentConfig], ident: dict[str, Any], resume: str | None) -> None:
+    """In the trial's own process: one seed with the core's `train`, or a pack of seeds with `train_packed`. The
+    first seed's reporter speaks for a pack; every seed is filed from the last checkpoint."""
+    from ptray.core.packing import train_packed
     from ptray.core.train import train
 
-    reporter = Reporter(ident, tune.report)
+    reporters = [Reporter(ident, tune.report)] + [None] * (len(cfgs) - 1)
     with tempfile.TemporaryDirectory(prefix="ptray-run-") as out:
-        result = train(cfg, out, reporter=reporter, resume_dir=resume, progress=False)
-        tune.report(final_metrics(ident, result, reporter.last_step), checkpoint=tune.Checkpoint.from_directory(out))
+        outs = [Path(out) / f"seed{c.train.seed}" for c in cfgs]
+        if len(cfgs) == 1:
+            results = [train(cfgs[0], outs[0], reporter=reporters[0], resume_dir=resume, progress=False)]
+        else:
+            results = train_packed(cfgs, outs, reporters, resume_dir=resume, progress=False)
+        tune.report(final_metrics(ident, results[0], reporters[0].last_step),
+                    checkpoint=tune.Checkpoint.from_directory(out))
 
 
 def _train_with_workers(cfg: ExperimentConfig, ident: dict[str, Any], spec: TrialSpec, checkpoint) -> None:
@@ -187,7 +201,8 @@ def worker_loop(config: dict[str, Any]) -> None:
     resume = config["resume"]
     with resume.as_directory() if resume else nullcontext() as resume_dir:
         with tempfile.TemporaryDirectory(prefix="ptray-run-") as out:
-            result = train(cfg, out, reporter=reporter, resume_dir=resume_dir, progress=False)
+            result = train(cfg, Path(out) / f"seed{cfg.train.seed}", reporter=reporter, resume_dir=resume_dir,
+                           progress=False)
             final = final_metrics(config["ident"], result, reporter.last_step)
             ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(out) if rank == 0 else None)
 
@@ -241,24 +256,28 @@ class ResultWriter(tune.Callback):
                                       f"{error.splitlines()[-1] if error else error}", traceback=error)
 
     def _copy_final(self, trial) -> None:
-        out = run_dir(self.dir, trial.config["config_id"], trial.config["seed"])
         with trial.checkpoint.as_directory() as d:
-            result = json.loads((Path(d) / RESULT_FILE).read_text())
-            if (Path(d) / ADAPTER_FILE).is_file():
-                out.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(Path(d) / ADAPTER_FILE, out / ADAPTER_FILE)
-        write_json(out / RESULT_FILE, {**result, **self._identity(trial)})
+            for seed in seeds_of(trial.config):
+                src, out = Path(d) / f"seed{seed}", run_dir(self.dir, trial.config["config_id"], seed)
+                result = json.loads((src / RESULT_FILE).read_text())
+                if (src / ADAPTER_FILE).is_file():
+                    out.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(src / ADAPTER_FILE, out / ADAPTER_FILE)
+                write_json(out / RESULT_FILE, {**result, **self._identity(trial)})
 
     def _record(self, trial, status: str, reason: str, **extra) -> None:
-        """A seed whose trial never wrote a result: what the driver saw of it (its last report), and why."""
+        """Seeds whose trial wrote no result: what the driver saw of them (the last report), and why."""
         c, last = trial.config, trial.last_result or {}
         selection = {k.removeprefix("selection/"): v for k, v in last.items() if k.startswith("selection/")}
-        cfg = self.spec.experiment_config(c)
-        result = {"seed": c["seed"], "status": status, "reason": reason, "task": cfg.task.name,
-                  "method": cfg.method.name, "model": cfg.model.name, "primary_metric": self.primary,
-                  "selection_metrics": selection or None, "report_metrics": {}, "steps": last.get("step", 0),
-                  "history": [], "config": cfg.to_dict(), **extra}
-        write_json(run_dir(self.dir, c["config_id"], c["seed"]) / RESULT_FILE, {**result, **self._identity(trial)})
+        for seed in seeds_of(c):
+            cfg = self.spec.experiment_config(c, seed)
+            result = {"seed": seed, "status": status, "reason": reason, "task": cfg.task.name,
+                      "method": cfg.method.name, "model": cfg.model.name, "primary_metric": self.primary,
+                      # The reports speak for the first seed of a pack only.
+                      "selection_metrics": (selection or None) if seed == c["seed"] else None,
+                      "report_metrics": {}, "steps": last.get("step", 0), "history": [], "config": cfg.to_dict(),
+                      **extra}
+            write_json(run_dir(self.dir, c["config_id"], seed) / RESULT_FILE, {**result, **self._identity(trial)})
 
     @staticmethod
     def _identity(trial) -> dict[str, Any]:
