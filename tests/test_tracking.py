@@ -320,6 +320,10 @@ def test_report_numbers_match_scipy(synthetic):
     ci = st.bootstrap((x,), np.mean, n_resamples=2000, confidence_level=0.95, method="percentile",
                       rng=np.random.default_rng(0)).confidence_interval
     assert (s["ci95_low"], s["ci95_high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    # Over every finished seed, the degenerate seed 4 included (only the diverged ones are out).
+    f = cfgs[config_id(BASELINE)]["finished_seeds_summary"]
+    done = np.array([v for v in VALUES["base"].values() if v is not None])
+    assert f["n_ok"] == done.size and f["mean"] == pytest.approx(done.mean()) and f["min"] == pytest.approx(done.min())
 
     # Paired: the seeds that neither config failed (P's seed 2 diverged, the baseline's seed 4 is degenerate).
     shared = [k for k in base if VALUES["P"][k] is not None]

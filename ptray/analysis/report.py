@@ -47,6 +47,9 @@ def write_report(directory: str | Path, baseline: str | None = None, log_mlflow:
     configs = list(exp.configs.values())
 
     summaries = {c.config_id: {name: c.summary(name, n_boot) for name in exp.report_metrics()} for c in configs}
+    # The same over every seed that finished, degenerate ones included: the view that still has numbers when every
+    # seed sits at the majority class.
+    finished = {c.config_id: stats.summarize(c.metric(m), n_boot=n_boot) for c in configs}
     comparisons = {c.config_id: _compare(c, base, m, n_boot) for c in configs if c is not base}
     landscapes = _landscapes(exp)
 
@@ -68,11 +71,12 @@ def write_report(directory: str | Path, baseline: str | None = None, log_mlflow:
     numbers = {"experiment": exp.name, "primary_metric": m, "baseline_config_id": base.config_id,
                "configs": {c.config_id: {"label": c.label, "overrides": c.overrides, "seeds": c.seed_ids,
                                          "summary": summaries[c.config_id],
+                                         "finished_seeds_summary": finished[c.config_id],
                                          "comparison": comparisons.get(c.config_id)} for c in configs},
                "landscapes": landscapes}
     (out / "stats.json").write_text(json.dumps(numbers, indent=2, default=_json_default))
     md = out / "report.md"
-    md.write_text(_markdown(exp, base, summaries, comparisons, figures, landscapes))
+    md.write_text(_markdown(exp, base, summaries, finished, comparisons, figures, landscapes))
 
     if log_mlflow:
         from ptray.tracking.store import log_experiment
@@ -133,7 +137,7 @@ def _landscapes(exp: Experiment) -> dict[str, list[dict]]:
 
 
 # --- Markdown ------------------------------------------------------------------------------------------------
-def _markdown(exp: Experiment, base: ConfigResults, summaries, comparisons, figures, landscapes) -> str:
+def _markdown(exp: Experiment, base: ConfigResults, summaries, finished, comparisons, figures, landscapes) -> str:
     m = exp.primary_metric
     configs = list(exp.configs.values())
     first = next((s.raw for c in configs for s in c.seeds if s.raw.get("config")), {})
@@ -160,6 +164,12 @@ def _markdown(exp: Experiment, base: ConfigResults, summaries, comparisons, figu
                  _pm(s), f"[{_n(s['ci95_low'])}, {_n(s['ci95_high'])}]",
                  _n(s["median"]), _n(s["iqr"]), _n(s["min"]), _n(s["max"])]
                 for c in configs for s in [summaries[c.config_id][m]]]),
+        "",
+        f"Over every seed that finished, those at or below the majority class included ({m}):",
+        "",
+        _table(["config", "finished", "mean ± std", "95% CI of mean", "worst", "best"],
+               [[_cfg(c), str(s["n_ok"]), _pm(s), f"[{_n(s['ci95_low'])}, {_n(s['ci95_high'])}]", _n(s["min"]),
+                 _n(s["max"])] for c in configs for s in [finished[c.config_id]]]),
         "",
         f"![{m} per seed](seeds.png)",
         "",

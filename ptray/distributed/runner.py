@@ -54,16 +54,16 @@ def run_experiment(config: str | Path | None = None, output: str | Path | None =
         finished = runner.search()
         if finished and plan.tune.confirm is not None:
             finished = runner.confirm()
-        runner.log_and_print()
-        if not finished:
-            print(f"interrupted; continue with: ptray tune --resume {exp_dir}")
-            return INTERRUPTED
-        return 0
     finally:
         if started:
             import ray
 
-            ray.shutdown()
+            ray.shutdown()  # before the table, so the trials' last log lines do not print after it
+    runner.log_and_print()
+    if not finished:
+        print(f"interrupted; continue with: ptray tune --resume {exp_dir}")
+        return INTERRUPTED
+    return 0
 
 
 def _experiment(config, output, overrides, resume) -> tuple[Path, ExperimentConfig]:
