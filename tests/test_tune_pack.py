@@ -7,6 +7,8 @@ import pytest
 from conftest import tiny_config
 from ptray.config import ConfigError, config_from_dict
 from ptray.distributed.search import SearchPlan
+from ptray.tracking.store import resolve_tracking_uri
+from test_tracking import check_mlflow_structure
 from tune_util import results, run_ptray, write_config
 
 
@@ -40,3 +42,12 @@ def test_a_packed_trial_files_every_seed(data_dir, tmp_path):
     assert len(list((out / "ray" / "search").glob("*-seed0-1-*"))) == 1  # one trial for both
     assert "search: 1/1 trials ended" in p.stdout
     assert json.loads((out / "experiment.json").read_text())["seeds"] == [0, 1]
+
+    # Each packed seed is its own MLflow child run, the pack's second seed with its own learning curve too.
+    from mlflow import MlflowClient
+
+    uri = resolve_tracking_uri(out)
+    children = check_mlflow_structure(uri, "pack", {cid: [0, 1]})
+    curves = [[m.value for m in MlflowClient(uri).get_metric_history(children[cid, s].info.run_id, "loss")]
+              for s in (0, 1)]
+    assert len(curves[1]) == sum("loss" in h for h in found[cid, 1]["history"]) > 0 and curves[0] != curves[1]
