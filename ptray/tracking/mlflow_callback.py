@@ -40,6 +40,11 @@ class MLflowSeedCallback(Callback):
             self._tracker = Tracker(self.tracking_uri, self.experiment_name, self.experiment_dir)
         return self._tracker
 
+    def setup(self, **info):
+        # Create the store (MLflow's schema migrations take seconds on a new SQLite file) before trials start, not
+        # inside the first result, where it holds up Tune's event loop.
+        _ = self.tracker
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         c = trial.config
         cid, seed = c["config_id"], int(c["seed"])
