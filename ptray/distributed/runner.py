@@ -22,7 +22,7 @@ from ptray.config import ConfigError, ExperimentConfig, TuneConfig, config_from_
 from ptray.distributed.ids import config_id, label
 from ptray.distributed.search import ListSearcher, SearchPlan, selection_score, trial_config
 from ptray.distributed.trial import (EXPERIMENT_FILE, RESULT_FILE, ResultWriter, TrialSpec, run_dir, run_trial,
-                                     write_json)
+                                     seeds_of, write_json)
 
 CONFIRM_DIR = "confirm"
 INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C
@@ -188,8 +188,7 @@ def _fmt(resources: dict[str, float]) -> str:
 
 
 def _trial_dirname(trial) -> str:
-    seeds = trial.config.get("seeds") or [trial.config["seed"]]
-    return f"{trial.config['config_id']}-seed{'-'.join(map(str, seeds))}-{trial.trial_id}"
+    return f"{trial.config['config_id']}-seed{'-'.join(map(str, seeds_of(trial.config)))}-{trial.trial_id}"
 
 
 class _Runner:
