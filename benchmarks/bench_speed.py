@@ -639,26 +639,28 @@ def _smollm_installed() -> bool:
 # What the rows above mean for the defaults, as read from the committed run (kept here so --render writes it again;
 # revisit when a rerun changes the picture).
 NOTES = """
-- **bf16 frozen backbone: pays.** About 2.2x over fp32 at the same padding, for -0.4 points of mean accuracy over 5
+- **bf16 frozen backbone: pays.** About 2.3x over fp32 at the same padding, for -0.4 points of mean accuracy over 5
   seeds (the table above). The prompt, its optimizer state and the loss stay fp32.
 - **Dynamic padding and length-grouped batches: pay.** Padding falls from 66% of the positions (fixed 256) to 47%
   (dynamic) and 23% (grouped): about 1.7x and a further 1.4x in bf16. Grouping is seeded, so a seed's data order is
   still its own.
 - **Eager attention for bf16 on CPU: pays; SDPA does not.** SDPA in bf16 is about 40% slower here, so ptray picks
   eager for bf16 backbones on CPU (SDPA stays the choice for fp32 and GPUs).
-- **Seed packing: pays a little on this CPU, more in evaluation.** K=5 gives about 1.2x per seed in training and 1.7x
-  in evaluation (less padding: rows of 5 seeds sort into tighter chunks). A 2-core CPU is compute-bound per token, so
+- **Seed packing: little per step on this CPU, more in evaluation, most in the sweep.** K=5 gave 1.02x per seed in
+  training in this run (1.18x in the previous run on the same machine: within the noise of a shared 2-core VM) and
+  about 1.6x in evaluation (rows of 5 seeds sort into tighter chunks). A 2-core CPU is compute-bound per token, so
   sharing weight reads and per-step overhead saves little; a GPU is where it should pay most (not measured: no GPU).
   Its real win here is the sweep: one trial per config instead of one per seed, so start-up is paid once per pack.
-- **torch.compile: does not pay.** About 1.06x per step (within this machine's noise) for a 13 s first step per
-  process; a short prompt-tuning trial trains for tens of seconds, so it stays off.
-- **Utilisation: the 50% target is not met (about 20%).** MiniLM's matrices are small (hidden 384, ~1000 tokens per
+- **torch.compile: does not pay.** 0.98x per step (1.06x in the previous run) for a 14 s first step per process; a
+  short prompt-tuning trial trains for tens of seconds, so it stays off.
+- **Utilisation: the 50% target is not met (about 22%).** MiniLM's matrices are small (hidden 384, ~1000 tokens per
   step) and a large share of a step is memory-bound work (attention softmax, LayerNorm, GELU, the prompt's
-  concatenation); the peak is a 4096^3 matmul. SmolLM2-135M (hidden 576) lands at the same 20%.
-- **Overhead: the 15% target is met only by long enough sweeps.** The cost outside train/eval is mostly fixed: Python
-  and library imports in the driver and in every trial, Ray start-up, the backbone load, MLflow logging and the
-  table (about 25 s here). On this benchmark's 5-epoch sweep (71 s) that is 36%; the quickstart (10 epochs, fp32,
-  150 s wall, 2 trials of 125 s compute on 2 cores) spends 17%. The core alone (no Ray, no MLflow) spends 16%.
+  concatenation); the peak is a 4096^3 matmul. SmolLM2-135M (hidden 576) lands at the same ~23%.
+- **Overhead: the 15% target is met by the core and by long enough sweeps, not by this short `ptray tune` sweep.**
+  The cost outside train/eval is mostly fixed: imports in the driver and in every trial, Ray start-up, the backbone
+  load, MLflow logging and the table (about 25 s here). On this benchmark's 5-epoch sweep (70 s) that is 37%; the
+  quickstart (10 epochs, fp32, 150 s wall, 2 trials of 125 s compute on 2 cores) spends 17%; the core alone (no Ray,
+  no MLflow) 15%.
 """
 
 
