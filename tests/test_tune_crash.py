@@ -17,17 +17,27 @@ from test_tracking import check_mlflow_structure
 from tune_util import ptray_cmd, results, write_config
 
 
-def trial_pids() -> set[int]:
-    """Processes running a Tune function trial (Ray titles them ray::ImplicitFunc...)."""
+def trial_pids(root: int) -> set[int]:
+    """Processes under `root` (this test's ptray, which starts the local Ray) that run a Tune function trial: Ray
+    titles them ray::ImplicitFunc..."""
     pids = set()
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                if (proc / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
+                if (proc / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc") and root in _ancestors(proc):
                     pids.add(int(proc.name))
             except OSError:  # gone meanwhile
                 pass
     return pids
+
+
+def _ancestors(proc: Path) -> list[int]:
+    chain = []
+    while proc.name not in ("0", "1"):
+        # /proc/<pid>/stat: "pid (comm) state ppid ...", comm may hold spaces
+        proc = Path("/proc") / (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
+        chain.append(int(proc.name))
+    return chain
 
 
 def _lines(path: Path) -> list[str]:
@@ -43,22 +53,24 @@ def test_a_killed_trial_is_retried_then_recorded_as_failed(data_dir, tmp_path):
     log = tmp_path / "tune.log"  # a file, not a pipe: nobody reads a pipe while the loop below waits
     run = subprocess.Popen(ptray_cmd("tune", config, "--output", out), cwd=REPO, stdout=log.open("w"),
                            stderr=subprocess.STDOUT)
-    # Kill the trial once its second checkpoint exists: it has reported past its first, so the driver has registered
-    # that one (Tune consumes a report only after saving the previous one). Then kill the retry once it has reported.
+    # Kill the trial once its third checkpoint exists: the trial got past its second report, which Tune fetches only
+    # after it has registered the first checkpoint (one saved but not yet registered would restart the retry from
+    # scratch). Then kill the retry once it has reported.
     trial_dir = None
     killed: list[int] = []
-    first_reports = 0  # Tune's reports of the first attempt
+    before: list[str] = []  # Tune's record of the first attempt's reports when it was killed
     deadline = time.time() + 600
     while len(killed) < 2:
         assert run.poll() is None, log.read_text()[-3000:]
         assert time.time() < deadline, f"killed {len(killed)} trial process(es) only"
         trial_dir = next((out / "ray" / "search").glob(f"{cid}-seed0-*"), None)
-        fresh = trial_pids() - set(killed)
+        fresh = trial_pids(run.pid) - set(killed)
         if trial_dir is not None and fresh:
-            reports = len(_lines(trial_dir / "result.json"))
-            if (not killed and (trial_dir / "checkpoint_000001").is_dir()) or (killed and reports > first_reports):
+            lines = _lines(trial_dir / "result.json")
+            if (not killed and (trial_dir / "checkpoint_000002").is_dir()) or \
+                    (killed and any(line not in before for line in lines)):
+                before = before or lines
                 os.kill(min(fresh), signal.SIGKILL)
-                first_reports = first_reports or reports
                 killed.append(min(fresh))
         time.sleep(0.2)
     assert run.wait(timeout=300) == 0, log.read_text()[-3000:]
@@ -67,11 +79,10 @@ def test_a_killed_trial_is_retried_then_recorded_as_failed(data_dir, tmp_path):
     [(key, r)] = results(out).items()
     assert key == (cid, 0) and r["status"] == "failed"
     assert r["reason"].startswith("the trial crashed (retries: 1)"), r["reason"]
-    # The retry went on from a checkpoint of the first attempt: Tune's iteration count and the training step go on,
-    # where a fresh start would have reported iteration 1 at step 2 again.
-    reports = [json.loads(line) for line in _lines(trial_dir / "result.json")]
-    iterations, steps = [r["training_iteration"] for r in reports], [r["step"] for r in reports]
-    assert len(reports) > first_reports >= 1 and iterations.count(1) == 1 and steps.count(2) == 1, reports
+    # The retry went on from a checkpoint of the first attempt: Tune restored its iteration count with it, where a
+    # fresh start reports iteration 1 (at step 2) again.
+    retry = [json.loads(line) for line in _lines(trial_dir / "result.json") if line not in before]
+    assert before and retry and retry[0]["training_iteration"] > 1 and retry[0]["step"] > 2, retry
     runs = check_mlflow_structure(resolve_tracking_uri(out), "crash", {cid: [0]})
     assert runs[cid, 0].info.status == "FAILED"
     assert "search: 1/1 trials ended" in output
