@@ -47,9 +47,7 @@ def write_report(directory: str | Path, baseline: str | None = None, log_mlflow:
     configs = list(exp.configs.values())
 
     summaries = {c.config_id: {name: c.summary(name, n_boot) for name in exp.report_metrics()} for c in configs}
-    # The same over every seed that finished, degenerate ones included: the view that still has numbers when every
-    # seed sits at the majority class.
-    finished = {c.config_id: stats.summarize(c.metric(m), n_boot=n_boot) for c in configs}
+    finished = {c.config_id: c.finished_summary(m, n_boot) for c in configs}
     comparisons = {c.config_id: _compare(c, base, m, n_boot) for c in configs if c is not base}
     landscapes = _landscapes(exp)
 

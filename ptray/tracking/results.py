@@ -121,6 +121,11 @@ class ConfigResults:
     def summary(self, metric: str | None = None, n_boot: int = 10000) -> dict:
         return stats.summarize(self.metric(metric or self.primary_metric), failed=self.failed(), n_boot=n_boot)
 
+    def finished_summary(self, metric: str | None = None, n_boot: int = 10000) -> dict:
+        """The same over every seed that finished, those at or below the majority class included (only failed or
+        diverged runs, NaN in `metric`, are left out): the view that still has numbers when every seed is degenerate."""
+        return stats.summarize(self.metric(metric or self.primary_metric), n_boot=n_boot)
+
     def ok_values(self, metric: str | None = None) -> np.ndarray:
         """Per-seed values with every failed seed (by `failed`) as NaN: what plots and comparisons take."""
         v = self.metric(metric or self.primary_metric)

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from ptray.analysis import stats
 from ptray.tracking.results import load_experiment
 
 
@@ -21,9 +20,7 @@ def print_summary(directory: str | Path, file: TextIO | None = None) -> None:
     header = ["config", "seeds", "mean", "std", "worst", "best", "failed", "<=majority"]
     table, failures = [], []
     for c in exp.configs.values():
-        # NaN marks a failed run; no baseline here, so degenerate seeds stay in. The CI is not printed: a small
-        # bootstrap keeps this instant.
-        s = stats.summarize(c.metric(c.primary_metric), n_boot=1000)
+        s = c.finished_summary(n_boot=1000)  # the CI is not printed: a small bootstrap keeps this instant
         degenerate = int(c.failed().sum()) - s["n_failed"]
         table.append([c.label, str(s["n_seeds"]), _fmt(s["mean"]), _fmt(s["std"]), _fmt(s["min"]), _fmt(s["max"]),
                       f"{s['n_failed']}/{s['n_seeds']}", f"{degenerate}/{s['n_seeds']}"])
