@@ -5,7 +5,9 @@ training loop's loss is plain cross-entropy and prediction is argmax.
 """
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -32,15 +34,30 @@ def _cache(prefixes):
     return DynamicCache(prefixes)
 
 
+@lru_cache
+def _cache_kwarg(forward) -> str:
+    """The keyword a module's forward takes its kv-cache by: transformers 5.24 renamed `past_key_values` to `cache`
+    (the old name still works until 5.40, but T5's attention layers drop it when the encoder passes cache=None)."""
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def _with_cache(module, prefixes) -> dict:
+    """{keyword: the prefixes as a cache} for calling `module`; empty when there are none."""
+    if prefixes is None:
+        return {}
+    return {_cache_kwarg(type(module).forward): _cache(prefixes)}
+
+
 @contextmanager
 def _encoder_prefixes(encoder, prefixes):
-    """Feed each T5 encoder self-attention layer its kv-prefix (the layer reads `past_key_values` by layer index)."""
-    cache = _cache(prefixes)
+    """Feed each T5 encoder self-attention layer its kv-prefix (the layer reads its cache by layer index)."""
+    layers = [block.layer[0].SelfAttention for block in encoder.block]
+    feed_kwargs = _with_cache(layers[0], prefixes)
 
     def feed(module, args, kwargs):
-        return args, {**kwargs, "past_key_values": cache}
+        return args, {**kwargs, **feed_kwargs}
 
-    handles = [block.layer[0].SelfAttention.register_forward_pre_hook(feed, with_kwargs=True) for block in encoder.block]
+    handles = [layer.register_forward_pre_hook(feed, with_kwargs=True) for layer in layers]
     try:
         yield
     finally:
@@ -110,7 +127,7 @@ class PromptModel(nn.Module):
             tt = p.attention_mask.new_zeros(p.inputs_embeds.shape[:2])
             kwargs["token_type_ids"] = tt.scatter(1, p.token_positions, batch["token_type_ids"])
         out = self.backbone(inputs_embeds=p.inputs_embeds, attention_mask=p.attention_mask,
-                            past_key_values=_cache(p.past_key_values), **kwargs)
+                            **_with_cache(self.backbone, p.past_key_values), **kwargs)
         hidden = out.last_hidden_state
         if self.pooling == "cls":
             pooled = hidden.gather(1, p.token_positions[:, :1, None].expand(-1, -1, hidden.shape[-1]))[:, 0]
@@ -124,7 +141,7 @@ class PromptModel(nn.Module):
     def _causal(self, batch, p) -> torch.Tensor:
         base = self.backbone.base_model
         hidden = base(inputs_embeds=p.inputs_embeds, attention_mask=p.attention_mask,
-                      past_key_values=_cache(p.past_key_values)).last_hidden_state
+                      **_with_cache(base, p.past_key_values)).last_hidden_state
         lm_head = self.backbone.get_output_embeddings()
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         if "target_mask" not in batch:
