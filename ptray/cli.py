@@ -113,7 +113,7 @@ def cmd_landscape(args) -> int:
 def cmd_tune(args) -> int:
     from ptray.distributed.runner import run_experiment
 
-    return run_experiment(args.config, args.output, args.overrides, args.address, args.resume)
+    return run_experiment(args.config, args.output, args.overrides, args.address, args.resume, args.verbose)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster to join (host:port or ray://host:port; default $RAY_ADDRESS, "
                                      "else a local Ray in this process)")
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted experiment in DIR")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's own status tables and the trials' log lines (by default in DIR/logs/ and Ray's "
+                        "session logs) instead of ptray's live view")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("report", help="stability report of an experiment folder: tables and figures in DIR/report")

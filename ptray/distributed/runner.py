@@ -20,17 +20,20 @@ from urllib.parse import urlparse
 
 from ptray.config import ConfigError, ExperimentConfig, TuneConfig, config_from_dict, load_config
 from ptray.distributed.ids import config_id, label
+from ptray.distributed.progress import LiveView
 from ptray.distributed.search import ListSearcher, SearchPlan, selection_score, trial_config
 from ptray.distributed.trial import (EXPERIMENT_FILE, RESULT_FILE, ResultWriter, TrialSpec, run_dir, run_trial,
                                      seeds_of, write_json)
 
 CONFIRM_DIR = "confirm"
+LOG_DIR = "logs"  # Ray's own log lines (driver side), unless --verbose shows them
 INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C
 
 
 def run_experiment(config: str | Path | None = None, output: str | Path | None = None, overrides: list[str] = (),
-                   address: str | None = None, resume: str | Path | None = None) -> int:
-    """Run (or continue) an experiment; returns the process exit code (0, or INTERRUPTED)."""
+                   address: str | None = None, resume: str | Path | None = None, verbose: bool = False) -> int:
+    """Run (or continue) an experiment; returns the process exit code (0, or INTERRUPTED). The console shows
+    ptray's live view of the seeds; Ray's own output goes to DIR/logs/ (and to the console too with `verbose`)."""
     exp_dir, cfg = _experiment(config, output, list(overrides), resume)
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
@@ -38,8 +41,9 @@ def run_experiment(config: str | Path | None = None, output: str | Path | None =
     from ptray.core.train import prepare  # the core's cheap checks (data files, prompt length), before any Ray
 
     cfg = _absolute_paths(cfg)
-    plan = SearchPlan(cfg, prepare(cfg).task.primary_metric)
-    started = connect(address)
+    prepared = prepare(cfg)
+    plan = SearchPlan(cfg, prepared.task.primary_metric)
+    started = connect(address, exp_dir / LOG_DIR, verbose)
     try:
         at_once = check_capacity(plan.tune)
         if resume is None:
@@ -50,7 +54,7 @@ def run_experiment(config: str | Path | None = None, output: str | Path | None =
                          cpus_per_worker=plan.tune.resources.cpus_per_worker,
                          gpus_per_worker=plan.tune.resources.gpus_per_worker,
                          train_storage=f"{storage.rstrip('/')}/train", keep_checkpoints=plan.tune.keep_checkpoints)
-        runner = _Runner(plan, spec, exp_dir, storage, at_once)
+        runner = _Runner(plan, spec, exp_dir, storage, at_once, verbose, n_train=len(prepared.train))
         finished = runner.search()
         if finished and plan.tune.confirm is not None:
             finished = runner.confirm()
@@ -123,18 +127,37 @@ def _known_configs(plan: SearchPlan) -> list[dict[str, Any]]:
 
 
 # --- Ray ---------------------------------------------------------------------------------------------------------
-def connect(address: str | None) -> bool:
-    """Join the cluster at `address`, or start a local Ray in this process. True if started here."""
+def connect(address: str | None, log_dir: Path, verbose: bool = False) -> bool:
+    """Join the cluster at `address`, or start a local Ray in this process. True if started here. Unless
+    `verbose`, Ray's driver-side log lines go to log_dir/ray.log and the trials' output stays in Ray's session
+    logs (`ray logs`), so the console is ptray's."""
     import ray
 
+    quiet = {} if verbose else {"log_to_driver": False, "logging_config": _ray_logging(log_dir)}
     if not address:
-        ray.init(include_dashboard=False)  # as many CPUs as this machine has: trials are sized against them
+        ray.init(include_dashboard=False, **quiet)  # as many CPUs as this machine has: trials are sized against them
         return True
     try:
-        ray.init(address=address)
+        ray.init(address=address, **quiet)
     except ConnectionError as e:  # something answered the knock, but no Ray cluster
         raise _unreachable(address, e) from None
     return False
+
+
+def _ray_logging(log_dir: Path):
+    """Ray's Python loggers (the driver's, Tune's) write to log_dir/ray.log instead of the console."""
+    import logging
+
+    import ray
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_dir / "ray.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("ray", "ray.tune", "ray.train"):
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.propagate = False
+    return ray.LoggingConfig(log_level="WARNING")
 
 
 def check_reachable(address: str, timeout: float = 3.0) -> None:
@@ -192,10 +215,12 @@ def _trial_dirname(trial) -> str:
 
 
 class _Runner:
-    def __init__(self, plan: SearchPlan, spec: TrialSpec, exp_dir: Path, storage: str, at_once: int):
+    def __init__(self, plan: SearchPlan, spec: TrialSpec, exp_dir: Path, storage: str, at_once: int, verbose: bool,
+                 n_train: int):
         from ptray.tracking.store import resolve_tracking_uri
 
         self.plan, self.spec, self.dir, self.storage, self.at_once = plan, spec, exp_dir, storage, at_once
+        self.verbose, self.n_train = verbose, n_train
         self.tracking_uri = resolve_tracking_uri(exp_dir, plan.base)
         self.confirm_dir = exp_dir / CONFIRM_DIR
 
@@ -279,6 +304,8 @@ class _Runner:
         else:
             callbacks = [ResultWriter(exp_dir, self.spec, self.plan.primary_metric, self.plan.scheduler_name),
                          MLflowSeedCallback(self.tracking_uri, meta["name"], exp_dir)]
+            if not self.verbose:
+                callbacks.append(LiveView(self.plan.primary_metric, self._total_steps))
             tuner = tune.Tuner(
                 trainable, param_space=param_space,
                 # The searcher and scheduler carry the metric (selection/<primary>) themselves.
@@ -286,7 +313,7 @@ class _Runner:
                                             num_samples=1 if param_space else count,
                                             max_concurrent_trials=self.at_once, trial_dirname_creator=_trial_dirname),
                 run_config=tune.RunConfig(
-                    name=name, storage_path=self.storage, callbacks=callbacks,
+                    name=name, storage_path=self.storage, callbacks=callbacks, verbose=1 if self.verbose else 0,
                     failure_config=tune.FailureConfig(max_failures=self.plan.tune.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=self.plan.tune.keep_checkpoints)),
             )
@@ -295,6 +322,12 @@ class _Runner:
         ended = grid.num_terminated + grid.num_errors
         print(f"{name}: {ended}/{count} trials ended in {time.perf_counter() - t0:.0f}s")
         return ended >= count
+
+    def _total_steps(self, trial_config: dict[str, Any]) -> int:
+        from ptray.core.train import total_steps
+
+        cfg = self.spec.experiment_config(trial_config, trial_config["seed"])
+        return total_steps(cfg, self.n_train, self.spec.workers)
 
     def log_and_print(self) -> None:
         from ptray.tracking.mlflow_callback import log_experiment
