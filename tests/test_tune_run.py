@@ -49,6 +49,13 @@ def test_grid_search_then_confirm_on_fresh_seeds(data_dir, tmp_path):
     for label in ("method.num_tokens=4", "method.num_tokens=8"):
         assert label in p.stdout
     assert "grid-confirm" in p.stdout and "search: 4/4 trials ended" in p.stdout
+    # ptray's live view, one line per config x seed; Ray's banners and status tables in DIR/logs, not here.
+    for n in (4, 8):
+        for seed in (0, 1):
+            assert f"method.num_tokens={n}  seed {seed}  ok       step 6/6" in p.stdout
+    for ray_text in ("Configuration for experiment", "View detailed results", "Trial status", "TensorBoard"):
+        assert ray_text not in p.stdout and ray_text not in p.stderr
+    assert "Configuration for experiment" in (out / "logs" / "ray.log").read_text()
 
 
 @pytest.mark.slow

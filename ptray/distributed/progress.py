@@ -50,6 +50,7 @@ class LiveView(tune.Callback):
         self.stream = stream or sys.stdout
         self.live = self.stream.isatty() if live is None else live
         self.lines: dict[tuple[str, int], Line] = {}
+        self._printed: dict[tuple[str, int], str] = {}  # piped: the last text of each line, so repeats are skipped
         self.t0 = time.monotonic()
         self._rich = None
 
@@ -101,8 +102,12 @@ class LiveView(tune.Callback):
     def _changed(self, line: Line) -> None:
         if self.live:
             self._redraw()
-        else:
-            print(self.render_line(line, time.monotonic()), file=self.stream, flush=True)
+            return
+        text = self.render_line(line, time.monotonic())
+        key = (line.label, line.seed)
+        if text.split("]", 1)[1] != self._printed.get(key, "]").split("]", 1)[1]:  # the same but for the clock
+            self._printed[key] = text
+            print(text, file=self.stream, flush=True)
 
     def render_line(self, line: Line, now: float) -> str:
         total = f"/{line.total}" if line.total else ""

@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import urlparse
 
 from ptray.config import ConfigError, ExperimentConfig, TuneConfig, config_from_dict, load_config
@@ -43,26 +45,30 @@ def run_experiment(config: str | Path | None = None, output: str | Path | None =
     cfg = _absolute_paths(cfg)
     prepared = prepare(cfg)
     plan = SearchPlan(cfg, prepared.task.primary_metric)
-    started = connect(address, exp_dir / LOG_DIR, verbose)
-    try:
-        at_once = check_capacity(plan.tune)
-        if resume is None:
-            _write_experiment(exp_dir, plan, plan.tune.name, plan.seeds, _known_configs(plan),
-                              plan.baseline_config_id())
-        storage = plan.tune.storage_path or str((exp_dir / "ray").resolve())
-        spec = TrialSpec(base=plan.base, keys=plan.keys, workers=plan.tune.resources.workers,
-                         cpus_per_worker=plan.tune.resources.cpus_per_worker,
-                         gpus_per_worker=plan.tune.resources.gpus_per_worker,
-                         train_storage=f"{storage.rstrip('/')}/train", keep_checkpoints=plan.tune.keep_checkpoints)
-        runner = _Runner(plan, spec, exp_dir, storage, at_once, verbose, n_train=len(prepared.train))
-        finished = runner.search()
-        if finished and plan.tune.confirm is not None:
-            finished = runner.confirm()
-    finally:
-        if started:
-            import ray
+    console = sys.stdout  # ptray's live view; Ray's own prints go to DIR/logs/ray.log unless verbose
+    with _logs_to(exp_dir / LOG_DIR / "ray.log", enabled=not verbose):
+        started = connect(address, verbose)
+        try:
+            at_once = check_capacity(plan.tune)
+            if resume is None:
+                _write_experiment(exp_dir, plan, plan.tune.name, plan.seeds, _known_configs(plan),
+                                  plan.baseline_config_id())
+            storage = plan.tune.storage_path or str((exp_dir / "ray").resolve())
+            spec = TrialSpec(base=plan.base, keys=plan.keys, workers=plan.tune.resources.workers,
+                             cpus_per_worker=plan.tune.resources.cpus_per_worker,
+                             gpus_per_worker=plan.tune.resources.gpus_per_worker,
+                             train_storage=f"{storage.rstrip('/')}/train",
+                             keep_checkpoints=plan.tune.keep_checkpoints)
+            runner = _Runner(plan, spec, exp_dir, storage, at_once, None if verbose else console,
+                             n_train=len(prepared.train))
+            finished = runner.search()
+            if finished and plan.tune.confirm is not None:
+                finished = runner.confirm()
+        finally:
+            if started:
+                import ray
 
-            ray.shutdown()  # before the table, so the trials' last log lines do not print after it
+                ray.shutdown()  # before the table, so the trials' last log lines do not print after it
     runner.log_and_print()
     if not finished:
         print(f"interrupted; continue with: ptray tune --resume {exp_dir}")
@@ -127,13 +133,12 @@ def _known_configs(plan: SearchPlan) -> list[dict[str, Any]]:
 
 
 # --- Ray ---------------------------------------------------------------------------------------------------------
-def connect(address: str | None, log_dir: Path, verbose: bool = False) -> bool:
+def connect(address: str | None, verbose: bool = False) -> bool:
     """Join the cluster at `address`, or start a local Ray in this process. True if started here. Unless
-    `verbose`, Ray's driver-side log lines go to log_dir/ray.log and the trials' output stays in Ray's session
-    logs (`ray logs`), so the console is ptray's."""
+    `verbose`, the trials' output stays in Ray's session logs (`ray logs`) instead of reaching this console."""
     import ray
 
-    quiet = {} if verbose else {"log_to_driver": False, "logging_config": _ray_logging(log_dir)}
+    quiet = {} if verbose else {"log_to_driver": False}
     if not address:
         ray.init(include_dashboard=False, **quiet)  # as many CPUs as this machine has: trials are sized against them
         return True
@@ -144,20 +149,16 @@ def connect(address: str | None, log_dir: Path, verbose: bool = False) -> bool:
     return False
 
 
-def _ray_logging(log_dir: Path):
-    """Ray's Python loggers (the driver's, Tune's) write to log_dir/ray.log instead of the console."""
-    import logging
-
-    import ray
-
-    log_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(log_dir / "ray.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("ray", "ray.tune", "ray.train"):
-        logger = logging.getLogger(name)
-        logger.handlers = [handler]
-        logger.propagate = False
-    return ray.LoggingConfig(log_level="WARNING")
+@contextmanager
+def _logs_to(path: Path, enabled: bool):
+    """Send this process's prints and log lines (Ray's banners and tables, Tune's and MLflow's notices: they write to
+    whatever sys.stdout / sys.stderr is when they print) to `path` while the block runs."""
+    if not enabled:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", buffering=1) as log, redirect_stdout(log), redirect_stderr(log):
+        yield
 
 
 def check_reachable(address: str, timeout: float = 3.0) -> None:
@@ -215,12 +216,13 @@ def _trial_dirname(trial) -> str:
 
 
 class _Runner:
-    def __init__(self, plan: SearchPlan, spec: TrialSpec, exp_dir: Path, storage: str, at_once: int, verbose: bool,
-                 n_train: int):
+    def __init__(self, plan: SearchPlan, spec: TrialSpec, exp_dir: Path, storage: str, at_once: int,
+                 console: TextIO | None, n_train: int):
+        """console: where ptray's live view of the trials goes (None: Ray's own progress output instead)."""
         from ptray.tracking.store import resolve_tracking_uri
 
         self.plan, self.spec, self.dir, self.storage, self.at_once = plan, spec, exp_dir, storage, at_once
-        self.verbose, self.n_train = verbose, n_train
+        self.console, self.n_train = console, n_train
         self.tracking_uri = resolve_tracking_uri(exp_dir, plan.base)
         self.confirm_dir = exp_dir / CONFIRM_DIR
 
@@ -253,8 +255,8 @@ class _Runner:
         baseline = self.plan.tune.baseline
         if baseline is not None and baseline not in chosen:
             chosen.append(baseline)
-        print("confirming on fresh seeds " + ", ".join(map(str, fresh)) + ":\n" +
-              "\n".join(f"  {label(o)}  (search mean selection {score:.4f})" for score, o in ranked[: c.top_k]))
+        self._say("confirming on fresh seeds " + ", ".join(map(str, fresh)) + ":\n" +
+                  "\n".join(f"  {label(o)}  (search mean selection {score:.4f})" for score, o in ranked[: c.top_k]))
         if not (self.confirm_dir / EXPERIMENT_FILE).is_file():
             _write_experiment(self.confirm_dir, self.plan, f"{self.plan.tune.name}-confirm", fresh, chosen,
                               self.plan.baseline_config_id())
@@ -304,8 +306,8 @@ class _Runner:
         else:
             callbacks = [ResultWriter(exp_dir, self.spec, self.plan.primary_metric, self.plan.scheduler_name),
                          MLflowSeedCallback(self.tracking_uri, meta["name"], exp_dir)]
-            if not self.verbose:
-                callbacks.append(LiveView(self.plan.primary_metric, self._total_steps))
+            if self.console is not None:
+                callbacks.append(LiveView(self.plan.primary_metric, self._total_steps, self.console))
             tuner = tune.Tuner(
                 trainable, param_space=param_space,
                 # The searcher and scheduler carry the metric (selection/<primary>) themselves.
@@ -313,15 +315,18 @@ class _Runner:
                                             num_samples=1 if param_space else count,
                                             max_concurrent_trials=self.at_once, trial_dirname_creator=_trial_dirname),
                 run_config=tune.RunConfig(
-                    name=name, storage_path=self.storage, callbacks=callbacks, verbose=1 if self.verbose else 0,
+                    name=name, storage_path=self.storage, callbacks=callbacks, verbose=0 if self.console else 1,
                     failure_config=tune.FailureConfig(max_failures=self.plan.tune.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=self.plan.tune.keep_checkpoints)),
             )
         t0 = time.perf_counter()
         grid = tuner.fit()
         ended = grid.num_terminated + grid.num_errors
-        print(f"{name}: {ended}/{count} trials ended in {time.perf_counter() - t0:.0f}s")
+        self._say(f"{name}: {ended}/{count} trials ended in {time.perf_counter() - t0:.0f}s")
         return ended >= count
+
+    def _say(self, text: str) -> None:
+        print(text, file=self.console or sys.stdout, flush=True)
 
     def _total_steps(self, trial_config: dict[str, Any]) -> int:
         from ptray.core.train import total_steps
