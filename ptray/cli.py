@@ -25,7 +25,12 @@ def cmd_train(args) -> int:
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
     cfg = load_config(args.config, overrides)
-    out = Path(args.output or f"outputs/{Path(args.config).stem}/seed{cfg.train.seed}")
+    # Not outputs/<config>/: that is where `ptray tune` keeps the experiment of the same config.
+    out = Path(args.output or f"outputs/train/{Path(args.config).stem}/seed{cfg.train.seed}")
+    experiment = next((d for d in [out, *out.parents] if (d / "experiment.json").is_file()), None)
+    if experiment is not None:
+        raise SystemExit(f"error: {out} lies inside the tune experiment {experiment}; give `ptray train` another "
+                         "--output (its runs are filed by `ptray tune` itself)")
     existing = out / RESULT_FILE
     if existing.exists() and not args.overwrite:
         raise SystemExit(
@@ -124,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="experiment YAML (see experiments/)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.lr=0.01 method.num_tokens=10")
     p.add_argument("--seed", type=int, help="overrides train.seed")
-    p.add_argument("--output", help="output folder (default outputs/<config>/seed<N>)")
+    p.add_argument("--output", help="output folder (default outputs/train/<config>/seed<N>)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished result in the output folder")
     p.set_defaults(func=cmd_train)
 
