@@ -92,20 +92,22 @@ def test_results_and_summary_table(experiment):
     assert [s.status for s in a.seeds] == ["ok", "ok", "failed"]
     assert "diverged" in a.seeds[2].reason
     assert [s.status for s in b.seeds] == ["ok", "ok", "missing"]
-    for c, o in ((a, A), (b, B)):
-        raw = [_result(experiment, o, s) for s in SEEDS[:2]]
-        acc = np.array([r["report_metrics"]["accuracy"] for r in raw])
-        ok = acc[acc > np.array([r["majority_baseline"] for r in raw])]
-        s = c.summary()
-        assert s["n_seeds"] == 3 and s["n_failed"] == 3 - ok.size
-        assert s["mean"] == pytest.approx(ok.mean()) if ok.size else math.isnan(s["mean"])
-        if ok.size > 1:
-            assert s["std"] == pytest.approx(np.std(ok, ddof=1))
-            assert s["iqr"] == pytest.approx(st.iqr(ok))
     buf = io.StringIO()
     print_summary(experiment, file=buf)
     text = buf.getvalue()
-    assert "method.num_tokens=4" in text and "method.num_tokens=8" in text
+    for c, o in ((a, A), (b, B)):
+        raw = [_result(experiment, o, s) for s in SEEDS[:2]]
+        acc = np.array([r["report_metrics"]["accuracy"] for r in raw])
+        low = acc <= np.array([r["majority_baseline"] for r in raw]) + 1e-9
+        s = c.summary()
+        # Every finished seed counts, whatever its score; seed 3 failed (diverged / no result) and is counted only.
+        assert (s["n_seeds"], s["n_ok"], s["n_failed"], s["n_at_majority"]) == (3, 2, 1, int(low.sum()))
+        assert s["mean"] == pytest.approx(acc.mean()) and s["std"] == pytest.approx(np.std(acc, ddof=1))
+        assert (s["min"], s["max"]) == (pytest.approx(acc.min()), pytest.approx(acc.max()))
+        assert math.isnan(s["ci95_low"])  # two finished seeds: no interval
+        row = next(line.split() for line in text.splitlines() if line.startswith(c.label))
+        assert row[1:] == ["2", f"{acc.mean():.4f}", f"{np.std(acc, ddof=1):.4f}", f"{acc.min():.4f}",
+                           f"{acc.max():.4f}", "1/3", f"{low.sum()}/3"]
     assert "seed 3: loss diverged" in text and "seed 3: no result.json" in text
 
 
@@ -135,15 +137,22 @@ def check_mlflow_structure(uri: str, name: str, expected: dict[str, list[int]]) 
         kids = sorted((r for (c, _), r in by_key.items() if c == cid), key=lambda r: int(r.data.tags["ptray.seed"]))
         assert all(k.data.tags["mlflow.parentRunId"] == parent.info.run_id for k in kids)
         assert all(k.data.params["train.seed"] == k.data.tags["ptray.seed"] for k in kids)
-        # Recompute the aggregates from the children alone.
-        values = [k.data.metrics.get("report/accuracy", math.nan) for k in kids]
+        # Recompute the aggregates from the children alone: every finished seed counts, the failed ones only in
+        # n_failed, those at or below the majority class beside the statistics and left out of *_nondegenerate.
+        values = np.array([k.data.metrics.get("report/accuracy", math.nan) for k in kids])
         failed = [k.info.status == "FAILED" for k in kids]
         baseline = [k.data.metrics.get("majority_baseline", math.nan) for k in kids]
-        s = stats.summarize(values, failed=failed, baseline=baseline)
+        low = stats.at_or_below(values, baseline)
+        assert [k.data.tags.get("ptray.at_majority") == "true" for k in kids] == low.tolist()
+        s = stats.summarize(values, failed=failed, at_majority=low)
         m = parent.data.metrics
-        assert m["n_seeds"] == len(kids) and m["n_failed"] == s["n_failed"]
-        for key in ("mean", "std", "median", "iqr", "min", "max"):
-            np.testing.assert_allclose(m[f"report/accuracy/{key}"], s[key], equal_nan=True, err_msg=key)
+        for key in ("n_seeds", "n_ok", "n_failed", "n_at_majority", "n_nondegenerate"):
+            assert m[key] == s[key], key
+        for key in stats.SUMMARY_STATISTICS:
+            for name in (key, key + stats.NONDEGENERATE):
+                np.testing.assert_allclose(m[f"report/accuracy/{name}"], s[name], equal_nan=True, err_msg=name)
+        done = values[~np.array(failed)]
+        np.testing.assert_allclose(m["report/accuracy/mean"], done.mean() if done.size else math.nan, equal_nan=True)
     return by_key
 
 
@@ -262,18 +271,23 @@ def test_report_refuses_bad_input(experiment, tmp_path, capsys):
 
 
 # --------------------------------------------------------------------- numbers against scipy
-# Per-seed values chosen by the test, written as result.json files derived from a real one. Config P shares the
-# baseline's seeds (paired); config U ran other seeds (unpaired). Baseline seed 4 sits at the majority baseline
-# (degenerate: failed), P's seed 2 diverged.
+# Per-seed values chosen by the test, written as result.json files derived from a real one. The baseline's seed 4 sits
+# at the majority class. P finished the baseline's seeds (paired); C ran them too but its seed 2 diverged, which breaks
+# the pairing; U ran other seeds (unpaired); S finished 2 seeds only (too few to test).
 BASELINE = {"method.num_tokens": 4, "method.name": "vanilla"}
 P = {"method.num_tokens": 8, "method.name": "vanilla"}
+C = {"method.num_tokens": 12, "method.name": "vanilla"}
 U = {"method.num_tokens": 16, "method.name": "vanilla"}
+S = {"method.num_tokens": 20, "method.name": "vanilla"}
 MAJORITY = 0.55
 VALUES = {
     "base": {0: 0.71, 1: 0.64, 2: 0.69, 3: 0.75, 4: 0.55, 5: 0.66},
-    "P": {0: 0.73, 1: 0.70, 2: None, 3: 0.74, 4: 0.72, 5: 0.705},
+    "P": {0: 0.73, 1: 0.70, 2: 0.72, 3: 0.74, 4: 0.72, 5: 0.705},
+    "C": {0: 0.60, 1: 0.80, 2: None, 3: 0.50, 4: 0.78, 5: 0.56},
     "U": {10: 0.80, 11: 0.58, 12: 0.77, 13: 0.68},
+    "S": {0: 0.70, 1: None, 2: None, 3: 0.66, 4: None, 5: None},
 }
+OVERRIDES = {"base": BASELINE, "P": P, "C": C, "U": U, "S": S}
 
 
 @pytest.fixture(scope="module")
@@ -283,11 +297,11 @@ def synthetic(experiment, tmp_path_factory) -> Path:
     root.mkdir()
     # P is listed first: the baseline must be found by config id, not position.
     # No seed list: U ran other seeds than the rest, and none of them is missing.
-    _write_experiment(root, template["config"], [P, BASELINE, U], [])
+    _write_experiment(root, template["config"], [P, BASELINE, C, U, S], [])
     meta = json.loads((root / "experiment.json").read_text())
     meta["baseline_config_id"] = config_id(BASELINE)
     (root / "experiment.json").write_text(json.dumps(meta))
-    for name, overrides in (("base", BASELINE), ("P", P), ("U", U)):
+    for name, overrides in OVERRIDES.items():
         for seed, v in VALUES[name].items():
             r = copy.deepcopy(template)
             r.update(seed=seed, majority_baseline=MAJORITY, config_id=config_id(overrides), overrides=overrides,
@@ -302,59 +316,96 @@ def synthetic(experiment, tmp_path_factory) -> Path:
     return root
 
 
+def _finished(name: str) -> np.ndarray:
+    return np.array([v for v in VALUES[name].values() if v is not None])
+
+
 def test_report_numbers_match_scipy(synthetic):
     from ptray.analysis.report import write_report
 
-    write_report(synthetic, log_mlflow=False, n_boot=2000)
+    write_report(synthetic, log_mlflow=False)
     numbers = json.loads((synthetic / "report" / "stats.json").read_text())
+    md = (synthetic / "report" / "report.md").read_text()
     assert numbers["baseline_config_id"] == config_id(BASELINE)
-    cfgs = numbers["configs"]
+    cfgs = {name: numbers["configs"][config_id(o)] for name, o in OVERRIDES.items()}
 
-    base = {s: v for s, v in VALUES["base"].items() if v is not None and v > MAJORITY}  # seed 4 is degenerate
-    s = cfgs[config_id(BASELINE)]["summary"]["accuracy"]
-    x = np.array(list(base.values()))
-    assert (s["n_seeds"], s["n_failed"]) == (6, 1)
+    # Every finished seed counts in the headline, the one at the majority class (seed 4) included.
+    s = cfgs["base"]["summary"]["accuracy"]
+    x = _finished("base")
+    assert (s["n_seeds"], s["n_ok"], s["n_failed"], s["n_at_majority"]) == (6, 6, 0, 1)
     assert s["mean"] == pytest.approx(x.mean()) and s["std"] == pytest.approx(x.std(ddof=1))
     assert s["median"] == pytest.approx(np.median(x)) and s["iqr"] == pytest.approx(st.iqr(x))
     assert (s["min"], s["max"]) == (pytest.approx(x.min()), pytest.approx(x.max()))
-    ci = st.bootstrap((x,), np.mean, n_resamples=2000, confidence_level=0.95, method="percentile",
-                      rng=np.random.default_rng(0)).confidence_interval
-    assert (s["ci95_low"], s["ci95_high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
-    # Over every finished seed, the degenerate seed 4 included (only the diverged ones are out).
-    f = cfgs[config_id(BASELINE)]["finished_seeds_summary"]
-    done = np.array([v for v in VALUES["base"].values() if v is not None])
-    assert f["n_ok"] == done.size and f["mean"] == pytest.approx(done.mean()) and f["min"] == pytest.approx(done.min())
+    lo, hi = st.t.interval(0.95, x.size - 1, loc=x.mean(), scale=st.sem(x))
+    assert (s["ci95_low"], s["ci95_high"]) == (pytest.approx(lo), pytest.approx(hi))
+    # The secondary view leaves it out, under its own name.
+    above = x[x > MAJORITY]
+    assert s["n_nondegenerate"] == 5 and s["mean_nondegenerate"] == pytest.approx(above.mean())
+    assert s["std_nondegenerate"] == pytest.approx(above.std(ddof=1))
+    # The report's tables state the same numbers.
+    assert f"| {label(BASELINE)} | 6 | 0/6 | 6 | {x.mean():.4f} ± {x.std(ddof=1):.4f} | [{lo:.4f}, {hi:.4f}] |" in md
+    assert f"| {label(BASELINE)} | 5 | {above.mean():.4f} ± {above.std(ddof=1):.4f} |" in md
 
-    # Paired: the seeds that neither config failed (P's seed 2 diverged, the baseline's seed 4 is degenerate).
-    shared = [k for k in base if VALUES["P"][k] is not None]
-    a = np.array([VALUES["P"][k] for k in shared])
-    b = np.array([base[k] for k in shared])
-    c = cfgs[config_id(P)]["comparison"]
-    assert c["paired"] is True and c["n_pairs"] == len(shared) == 4
-    assert c["mean_diff"] == pytest.approx(a.mean() - b.mean())
-    assert c["paired_p"] == pytest.approx(st.ttest_rel(a, b).pvalue)
-    assert c["wilcoxon_p"] == pytest.approx(st.wilcoxon(a, b).pvalue)
-    assert c["welch_p"] == pytest.approx(st.ttest_ind(a, b, equal_var=False).pvalue)
-    assert c["mannwhitney_p"] == pytest.approx(st.mannwhitneyu(a, b, alternative="two-sided").pvalue)
-    assert c["brown_forsythe_p"] == pytest.approx(st.levene(a, b, center="median").pvalue)
-    assert c["levene_p"] == pytest.approx(st.levene(a, b, center="mean").pvalue)
-    assert c["std_ratio"] == pytest.approx(a.std(ddof=1) / b.std(ddof=1))
+    # Paired: P finished every seed the baseline did.
+    a = _finished("P")
+    c = cfgs["P"]["comparison"]
+    assert c["paired"] is True and c["n_pairs"] == 6
+    assert c["mean_diff"] == pytest.approx(a.mean() - x.mean())
+    t = st.ttest_rel(a, x)
+    assert c["paired_p"] == pytest.approx(t.pvalue)
+    ci = t.confidence_interval(0.95)
+    assert (c["mean_diff_ci95_low"], c["mean_diff_ci95_high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    assert c["wilcoxon_p"] == pytest.approx(st.wilcoxon(a, x).pvalue)
+    assert c["welch_p"] == pytest.approx(st.ttest_ind(a, x, equal_var=False).pvalue)
+    assert c["mannwhitney_p"] == pytest.approx(st.mannwhitneyu(a, x, alternative="two-sided").pvalue)
+    assert c["brown_forsythe_p"] == pytest.approx(st.levene(a, x, center="median").pvalue)
+    assert c["levene_p"] == pytest.approx(st.levene(a, x, center="mean").pvalue)
+    assert c["std_ratio"] == pytest.approx(a.std(ddof=1) / x.std(ddof=1))
     assert c["std_ratio_ci95_low"] <= c["std_ratio"] <= c["std_ratio_ci95_high"]
+    dz = np.mean(a - x) / np.std(a - x, ddof=1)
+    assert c["seeds_to_detect_mean"] == stats.seeds_to_detect_difference(dz, paired=True)
+    assert c["sentence"].startswith(f"{label(P)} vs {label(BASELINE)}: ")
+    assert "n = 6 pairs" in c["sentence"] and "0/6 seeds at or below majority vs 1/6" in c["sentence"]
+    assert f"- {c['sentence']}" in md
 
-    # Unpaired: U ran other seeds; every non-failed seed of each side counts.
-    u = np.array([v for v in VALUES["U"].values() if v > MAJORITY])
-    assert cfgs[config_id(U)]["summary"]["accuracy"]["n_seeds"] == 4
-    c = cfgs[config_id(U)]["comparison"]
+    # C's seed 2 diverged: unpaired, so that C's other finished seeds and all the baseline's count.
+    a = _finished("C")
+    c = cfgs["C"]["comparison"]
+    assert c["paired"] is False and (c["n_a"], c["n_b"]) == (5, 6) and math.isnan(c["paired_p"])
+    assert c["welch_p"] == pytest.approx(st.ttest_ind(a, x, equal_var=False).pvalue)
+    assert c["brown_forsythe_p"] == pytest.approx(st.levene(a, x, center="median").pvalue)
+    assert cfgs["C"]["summary"]["accuracy"]["n_failed"] == 1 and cfgs["C"]["summary"]["accuracy"]["n_at_majority"] == 1
+    assert "n = 5/6" in c["sentence"] and "1/6 failed vs 0/6" in c["sentence"]
+
+    # Unpaired: U ran other seeds.
+    u = _finished("U")
+    c = cfgs["U"]["comparison"]
     assert c["paired"] is False and (c["n_a"], c["n_b"]) == (u.size, x.size)
     assert c["welch_p"] == pytest.approx(st.ttest_ind(u, x, equal_var=False).pvalue)
     assert c["mannwhitney_p"] == pytest.approx(st.mannwhitneyu(u, x, alternative="two-sided").pvalue)
-    assert c["brown_forsythe_p"] == pytest.approx(st.levene(u, x, center="median").pvalue)
-    assert math.isnan(c["paired_p"])
-    assert config_id(BASELINE) not in {k for k, v in cfgs.items() if v["comparison"]}
+    ci = st.ttest_ind(u, x, equal_var=False).confidence_interval(0.95)
+    assert (c["mean_diff_ci95_low"], c["mean_diff_ci95_high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    assert cfgs["base"]["comparison"] is None
 
-    md = (synthetic / "report" / "report.md").read_text()
+    # S finished 2 seeds: no test and no interval, and the report says so.
+    c = cfgs["S"]["comparison"]
+    assert all(math.isnan(c[k]) for k in ("welch_p", "mannwhitney_p", "brown_forsythe_p", "std_ratio_ci95_low"))
+    assert c["sentence"].startswith(f"{label(S)} vs {label(BASELINE)}: too few seeds (n = 2/6) to test")
+    assert "too few seeds (n = 2)" in md  # its CI cell
+
+    # Every comparison that could be tested either found a difference or says it did not, and what would.
+    for name in ("P", "C", "U"):
+        r = cfgs[name]["comparison"]
+        p = r["paired_p"] if r["paired"] else r["welch_p"]
+        assert ("mean: no detectable difference" in r["sentence"]) == (p >= 0.05)
+        if p >= 0.05:
+            need = r["seeds_to_detect_mean"]
+            assert (f"about {int(need)} seeds per config would detect" if math.isfinite(need)
+                    else f"more than {stats.MAX_SEEDS} seeds per config would detect") in r["sentence"]
+
     assert f"## Against the baseline ({label(BASELINE)})" in md
-    assert "at or below the majority-class baseline" in md  # the degenerate seed is listed with its reason
+    assert "## Seeds at or below the majority class" in md and "at or below the majority-class baseline" in md
+    assert "loss diverged" in md
     _check_png(synthetic / "report" / "std_vs_method.num_tokens.png")
 
 

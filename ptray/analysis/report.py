@@ -4,8 +4,10 @@
     DIR/report/*.png          per-seed strip plot, learning curves, expected max vs budget, std vs searched params
     DIR/report/stats.json     every number in the tables, for scripts
 
-Statistics come from `ptray.analysis.stats` over the per-seed arrays of `ptray.tracking.results`; nothing is computed
-twice. The figures and the report are also logged to the config's parent runs in MLflow.
+Every config's statistics are `ConfigResults.summary` (the numbers of the `ptray tune` table and of the MLflow parent
+runs), the figures are drawn from the same per-seed values, and the comparisons are `stats.compare` over them; each
+comparison ends with a sentence that says what its numbers mean. The figures and the report are also logged to the
+config's parent runs in MLflow.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ def config_figures(c: ConfigResults, folder: str | Path) -> list[Path]:
 
 
 def write_report(directory: str | Path, baseline: str | None = None, log_mlflow: bool = True,
-                 tracking_uri: str | None = None, n_boot: int = 10000) -> Path:
+                 tracking_uri: str | None = None) -> Path:
     """Write DIR/report/ and return the path of report.md. `baseline` is a config id or label."""
     exp = load_experiment(directory)
     base = exp.baseline(baseline)
@@ -46,9 +48,9 @@ def write_report(directory: str | Path, baseline: str | None = None, log_mlflow:
     m = exp.primary_metric
     configs = list(exp.configs.values())
 
-    summaries = {c.config_id: {name: c.summary(name, n_boot) for name in exp.report_metrics()} for c in configs}
-    finished = {c.config_id: c.finished_summary(m, n_boot) for c in configs}
-    comparisons = {c.config_id: _compare(c, base, m, n_boot) for c in configs if c is not base}
+    summaries = {c.config_id: {name: c.summary(name) for name in exp.report_metrics()} for c in configs}
+    comparisons = {c.config_id: _compare(c, base, summaries[c.config_id][m], summaries[base.config_id][m])
+                   for c in configs if c is not base}
     landscapes = _landscapes(exp)
 
     figures: dict[str, Path] = {
@@ -61,7 +63,7 @@ def write_report(directory: str | Path, baseline: str | None = None, log_mlflow:
         curves = {c.label: c.curves(key) for c in configs}
         if any(any(v.values()) for v in curves.values()):
             figures[name] = plots.learning_curves(curves, out / f"{name}.png", key)
-    for key, series in _std_series(exp, m).items():
+    for key, series in _std_series(exp, summaries).items():
         values = [p[0] for pts in series.values() for p in pts]
         logx = min(values) > 0 and max(values) / min(values) >= 10
         figures[f"std_vs_{key}"] = plots.std_vs_param(series, out / f"std_vs_{key}.png", key, f"report {m}", logx=logx)
@@ -69,12 +71,11 @@ def write_report(directory: str | Path, baseline: str | None = None, log_mlflow:
     numbers = {"experiment": exp.name, "primary_metric": m, "baseline_config_id": base.config_id,
                "configs": {c.config_id: {"label": c.label, "overrides": c.overrides, "seeds": c.seed_ids,
                                          "summary": summaries[c.config_id],
-                                         "finished_seeds_summary": finished[c.config_id],
                                          "comparison": comparisons.get(c.config_id)} for c in configs},
                "landscapes": landscapes}
     (out / "stats.json").write_text(json.dumps(numbers, indent=2, default=_json_default))
     md = out / "report.md"
-    md.write_text(_markdown(exp, base, summaries, finished, comparisons, figures, landscapes))
+    md.write_text(_markdown(exp, base, summaries, comparisons, figures, landscapes))
 
     if log_mlflow:
         from ptray.tracking.store import log_experiment
@@ -86,13 +87,82 @@ def write_report(directory: str | Path, baseline: str | None = None, log_mlflow:
     return md
 
 
-def _compare(c: ConfigResults, base: ConfigResults, metric: str, n_boot: int) -> dict:
-    """`c` against the baseline over the seeds that did not fail; paired when both ran the same seeds and at least
-    two of them failed in neither (otherwise the paired tests would drop everything)."""
-    a, b = c.ok_values(metric), base.ok_values(metric)
-    paired = c.seed_ids == base.seed_ids and int((np.isfinite(a) & np.isfinite(b)).sum()) > 1
-    result = stats.compare(a, b, paired=paired, n_boot=n_boot)
-    return {**result, "paired": paired}
+def _compare(c: ConfigResults, base: ConfigResults, summary: dict, base_summary: dict) -> dict:
+    """`c` against the baseline over every finished seed of each. Paired when every finished seed of one is a finished
+    seed of the other (a crash on one side would otherwise drop the other side's finished seed from the paired
+    tests), ending with the sentence that says what the numbers mean."""
+    metric = c.primary_metric
+    a, b = c.metric(metric), base.metric(metric)
+    paired = c.seed_ids == base.seed_ids and bool(np.array_equal(np.isfinite(a), np.isfinite(b)))
+    result = {**stats.compare(a, b, paired=paired), "paired": paired}
+    result["sentence"] = comparison_sentence(c.label, base.label, result, summary, base_summary)
+    return result
+
+
+def comparison_sentence(name: str, base_name: str, r: dict, summary: dict, base_summary: dict) -> str:
+    """One sentence for a comparison (`stats.compare` plus `paired`) of config `name` against `base_name`: the
+    difference of means in points (hundredths of the metric) and the std ratio, each with its interval and test, or
+    "no detectable difference" and the seeds per config that would detect the observed effect; the seeds at or below
+    the majority class and the failed ones of each side (`summary`, `base_summary`: `ConfigResults.summary`)."""
+    head = f"{name} vs {base_name}: "
+    counts = _counts(summary, base_summary)
+    n = f"n = {r['n_pairs']} pairs" if r["paired"] else f"n = {r['n_a']}/{r['n_b']}"
+    if not r["n_a"] or not r["n_b"]:
+        missing = name if not r["n_a"] else base_name
+        return head + "; ".join([f"nothing to compare, no seed of {missing} finished ({n})", *counts]) + "."
+    if min(r["n_a"], r["n_b"]) < stats.MIN_SEEDS:
+        spread = [f"std {_n(r['std_ratio'], 2)}x {base_name}'s"] if not math.isnan(r["std_ratio"]) else []  # 1 seed
+        return head + "; ".join([f"too few seeds ({n}) to test", f"mean {_pts(r['mean_diff'])} points", *spread,
+                                 *counts]) + "."
+    return head + "; ".join([_location(r, n), _spread(r, base_name), *counts]) + "."
+
+
+def _location(r: dict, n: str) -> str:
+    test = "paired t" if r["paired"] else "Welch t"
+    p = r["paired_p"] if r["paired"] else r["welch_p"]
+    diff = f"{_pts(r['mean_diff'])} points"
+    if not math.isfinite(p):
+        why = "every seed differs by the same amount" if r["paired"] else "no seed of either config varies"
+        return f"mean {diff} ({test} undefined: {why}, {n})"
+    ci = f"95% CI [{_pts(r['mean_diff_ci95_low'])}, {_pts(r['mean_diff_ci95_high'])}]"
+    if p < stats.ALPHA:
+        return f"mean {diff} ({ci}, {test} p = {_p(p)}, {n})"
+    need = _seeds_needed(r["seeds_to_detect_mean"])
+    power = f"; {need} would detect a difference this size with {stats.POWER:.0%} power" if need else ""
+    return f"mean: no detectable difference at {n} ({diff}, {ci}, {test} p = {_p(p)}{power})"
+
+
+def _spread(r: dict, base_name: str) -> str:
+    # NaN: neither config's seeds vary (0/0).
+    ratio = f"{_n(r['std_ratio'], 2)}x {base_name}'s" if not math.isnan(r["std_ratio"]) else "ratio undefined"
+    p = r["brown_forsythe_p"]
+    if not math.isfinite(p):
+        return f"std {ratio} (Brown-Forsythe undefined: every seed of each config lies equally far from its median)"
+    ci = f"95% CI [{_n(r['std_ratio_ci95_low'], 2)}, {_n(r['std_ratio_ci95_high'], 2)}]"
+    if p < stats.ALPHA:
+        return f"std {ratio} ({ci}, Brown-Forsythe p = {_p(p)})"
+    # Brown-Forsythe's power has no closed form; the F test's, at normal seeds, bounds it from below.
+    need = _seeds_needed(r["seeds_to_detect_std"])
+    power = (f"; an F test at normal seeds needs {need} to detect a ratio this size with {stats.POWER:.0%} power, "
+             "Brown-Forsythe more") if need else ""
+    return (f"std: no detectable difference at n = {r['n_a']}/{r['n_b']} ({ratio}, {ci}, Brown-Forsythe "
+            f"p = {_p(p)}{power})")
+
+
+def _seeds_needed(n: float) -> str | None:
+    if math.isnan(n):
+        return None
+    return f"more than {stats.MAX_SEEDS} seeds per config" if math.isinf(n) else f"about {int(n)} seeds per config"
+
+
+def _counts(s: dict, b: dict) -> list[str]:
+    out = []
+    if math.isfinite(s["n_at_majority"]) and math.isfinite(b["n_at_majority"]):
+        out.append(f"{s['n_at_majority']}/{s['n_seeds']} seeds at or below majority vs "
+                   f"{b['n_at_majority']}/{b['n_seeds']}")
+    if s["n_failed"] or b["n_failed"]:
+        out.append(f"{s['n_failed']}/{s['n_seeds']} failed vs {b['n_failed']}/{b['n_seeds']}")
+    return out
 
 
 def _majority(*configs: ConfigResults) -> float | None:
@@ -103,9 +173,9 @@ def _majority(*configs: ConfigResults) -> float | None:
     return float(np.median(values)) if values else None
 
 
-def _std_series(exp: Experiment, metric: str) -> dict[str, dict[str | None, list[tuple[float, float]]]]:
-    """For each searched numeric key (prompt length, perturbation magnitude, ...): std across seeds against it,
-    one series per combination of the other searched values."""
+def _std_series(exp: Experiment, summaries: dict) -> dict[str, dict[str | None, list[tuple[float, float]]]]:
+    """For each searched numeric key (prompt length, perturbation magnitude, ...): std across seeds (of the primary
+    metric, as in the table) against it, one series per combination of the other searched values."""
     searched = exp.searched()
     out = {}
     for key, values in searched.items():
@@ -115,7 +185,7 @@ def _std_series(exp: Experiment, metric: str) -> dict[str, dict[str | None, list
         for cid, x in values.items():
             c = exp.configs[cid]
             others = ", ".join(f"{k}={c.overrides.get(k)}" for k in searched if k != key) or None
-            series.setdefault(others, []).append((float(x), c.summary(metric, n_boot=1000)["std"]))
+            series.setdefault(others, []).append((float(x), summaries[cid][exp.primary_metric]["std"]))
         out[key] = series
     return out
 
@@ -135,11 +205,13 @@ def _landscapes(exp: Experiment) -> dict[str, list[dict]]:
 
 
 # --- Markdown ------------------------------------------------------------------------------------------------
-def _markdown(exp: Experiment, base: ConfigResults, summaries, finished, comparisons, figures, landscapes) -> str:
+def _markdown(exp: Experiment, base: ConfigResults, summaries, comparisons, figures, landscapes) -> str:
     m = exp.primary_metric
     configs = list(exp.configs.values())
     first = next((s.raw for c in configs for s in c.seeds if s.raw.get("config")), {})
     task = first.get("config", {}).get("task", {})
+    majority = _majority(*configs)
+    headline = {c.config_id: summaries[c.config_id][m] for c in configs}
     lines = [
         f"# Seed stability: {exp.name}",
         "",
@@ -150,57 +222,66 @@ def _markdown(exp: Experiment, base: ConfigResults, summaries, finished, compari
         f"{len(configs)} configs, seeds {', '.join(map(str, exp.seeds)) or '(as found)'}. "
         f"Baseline config: **{base.label}** (`{base.config_id}`).",
         "",
-        "A seed **failed** if its run failed or diverged, never wrote a result, or (when the metric is an accuracy) "
-        "ended at or below the majority-class baseline of the report split"
-        + (f" ({_majority(*configs):.4f})" if _majority(*configs) is not None else "")
-        + ". Statistics are over the other seeds; the failure rate stands beside them.",
+        "Every statistic is over the n seeds that **finished**, whatever their score. A seed that ended at or below "
+        "the majority-class baseline of the report split"
+        + (f" ({majority:.4f})" if majority is not None else "")
+        + " learned nothing, and that is the instability measured here: it counts, and the share of such seeds "
+        "stands beside the statistics (as the failed runs of Mosbach et al. 2021 and Dodge et al. 2020 do). A seed "
+        "**failed** if its run crashed, diverged or never wrote a result: it has no score, so it is counted and "
+        f"listed, never averaged. No interval or test is given for fewer than {stats.MIN_SEEDS} finished seeds.",
         "",
         f"## {m} per config",
         "",
-        _table(["config", "seeds", "failed", "mean ± std", "95% CI of mean", "median", "IQR", "worst", "best"],
-               [[_cfg(c), str(s["n_seeds"]), f"{s['n_failed']} ({s['failure_rate']:.0%})",
-                 _pm(s), f"[{_n(s['ci95_low'])}, {_n(s['ci95_high'])}]",
-                 _n(s["median"]), _n(s["iqr"]), _n(s["min"]), _n(s["max"])]
-                for c in configs for s in [summaries[c.config_id][m]]]),
-        "",
-        f"Over every seed that finished, those at or below the majority class included ({m}):",
-        "",
-        _table(["config", "finished", "mean ± std", "95% CI of mean", "worst", "best"],
-               [[_cfg(c), str(s["n_ok"]), _pm(s), f"[{_n(s['ci95_low'])}, {_n(s['ci95_high'])}]", _n(s["min"]),
-                 _n(s["max"])] for c in configs for s in [finished[c.config_id]]]),
-        "",
-        f"![{m} per seed](seeds.png)",
+        _table(["config", "seeds", "failed", "n", "mean ± std", "95% CI of mean", "median", "IQR", "worst", "best",
+                "≤ majority"],
+               [[_cfg(c), str(s["n_seeds"]), f"{s['n_failed']}/{s['n_seeds']}", str(s["n_ok"]), _pm(s),
+                 _ci(s), _n(s["median"]), _n(s["iqr"]), _n(s["min"]), _n(s["max"]),
+                 _count(s["n_at_majority"], s["n_seeds"])]
+                for c in configs for s in [headline[c.config_id]]]),
         "",
     ]
+    if any(s["n_at_majority"] > 0 for s in headline.values()):  # NaN (no baseline) compares False
+        suffix = stats.NONDEGENERATE
+        lines += [
+            "Secondary view, not the headline: the same statistics without the seeds at or below the majority class. "
+            "It leaves out exactly the runs that learned nothing, so it flatters an unstable config.",
+            "",
+            _table(["config", "n above majority", "mean ± std", "95% CI of mean", "worst", "best"],
+                   [[_cfg(c), _count(s["n_nondegenerate"]), _pm(s, suffix), _ci(s, suffix), _n(s["min" + suffix]),
+                     _n(s["max" + suffix])] for c in configs for s in [headline[c.config_id]]]),
+            "",
+        ]
+    lines += [f"![{m} per seed](seeds.png)", ""]
     others = [name for name in exp.report_metrics() if name != m]
     if others:
         rows = [[_cfg(c), *(_pm(summaries[c.config_id][o]) for o in others)] for c in configs]
-        lines += ["Other report metrics (mean ± std over the same seeds):", "", _table(["config", *others], rows), ""]
+        lines += ["Other report metrics (mean ± std over the same finished seeds):", "",
+                  _table(["config", *others], rows), ""]
     if comparisons:
         lines += [
             f"## Against the baseline ({base.label})",
             "",
-            "Difference of means with Welch's t and Mann-Whitney U. Where both configs ran the same seeds (and at "
-            "least two failed in neither), every test is over the seeds neither failed, and the paired t and "
-            "Wilcoxon signed-rank tests are added. Spread: the ratio of standard deviations (config / baseline, "
-            "< 1 is more stable) with a 95% bootstrap interval, and Brown-Forsythe and Levene tests of equal "
-            "variance. Two-sided p-values.",
+            "Over every finished seed of each config: the difference of means (config - baseline) with Welch's t "
+            "and Mann-Whitney U; where both configs finished the same seeds, the paired t and Wilcoxon signed-rank "
+            "tests too, and the interval is the paired t's. Spread: the ratio of standard deviations (config / "
+            "baseline, < 1 is more stable) with a 95% bootstrap interval, and Brown-Forsythe and Levene tests of "
+            "equal variance. Two-sided p-values; \"undefined\" where the seeds do not vary enough for the test to "
+            "divide by anything. The last column is how many seeds per config would detect the observed difference "
+            f"of means (t-test) and std ratio (F test) with {stats.POWER:.0%} power.",
             "",
-            _table(["config", "Δ mean", "Welch p", "Mann-Whitney p", "paired t p", "Wilcoxon p", "std ratio [95% CI]",
-                    "Brown-Forsythe p", "Levene p", "n (config, baseline)"],
-                   [[_cfg(exp.configs[cid]), _signed(r["mean_diff"]), _p(r["welch_p"]), _p(r["mannwhitney_p"]),
-                     _p(r["paired_p"]) if r["paired"] else "unpaired", _p(r["wilcoxon_p"]) if r["paired"] else "-",
-                     f"{_n(r['std_ratio'], 2)} [{_n(r['std_ratio_ci95_low'], 2)}, {_n(r['std_ratio_ci95_high'], 2)}]",
-                     _p(r["brown_forsythe_p"]), _p(r["levene_p"]), f"{r['n_a']}, {r['n_b']}"]
-                    for cid, r in comparisons.items()]),
+            _table(["config", "n (config/baseline)", "Δ mean [95% CI]", "Welch p", "Mann-Whitney p", "paired t p",
+                    "Wilcoxon p", "std ratio [95% CI]", "Brown-Forsythe p", "Levene p", "seeds to detect (mean, std)"],
+                   [_comparison_row(exp.configs[cid], r) for cid, r in comparisons.items()]),
+            "",
+            *(f"- {r['sentence']}" for r in comparisons.values()),
             "",
         ]
     lines += [
         "## Expected best score vs number of seeds",
         "",
         "Dodge et al. (2019): the expected maximum of the report metric over n runs drawn from the observed seeds "
-        "(seeds that crashed or diverged have no score and are left out; seeds at or below the majority baseline "
-        "count with their score). A config whose curve rises steeply needs several seeds to show its best.",
+        "(every finished seed, those at or below the majority baseline included; seeds that failed have no score "
+        "and are left out). A config whose curve rises steeply needs several seeds to show its best.",
         "",
         "![expected max](expected_max.png)",
         "",
@@ -223,8 +304,12 @@ def _markdown(exp: Experiment, base: ConfigResults, summaries, finished, compari
                            ", ".join(sorted({str(r["radius"]) for r in rs})),
                            _mean_std([r["mean_loss_increase"] for r in rs])] for cid, rs in landscapes.items()]), ""]
     failures = [[_cfg(c), str(s.seed), _cell(c.failure_reason(s))] for c in configs for s in c.failed_seeds()]
-    lines += ["## Failed seeds", ""]
+    lines += ["## Failed seeds", "", "No score: counted above, not in the statistics.", ""]
     lines += [_table(["config", "seed", "reason"], failures) if failures else "None.", ""]
+    low = [[_cfg(c), str(s.seed), c.majority_note(s)] for c in configs for s in c.majority_seeds()]
+    if low:
+        lines += ["## Seeds at or below the majority class", "", "Finished, and in the statistics above.", "",
+                  _table(["config", "seed", "report"], low), ""]
     stopped = [[_cfg(c), str(s.seed), _cell(s.reason or "")] for c in configs for s in c.seeds if s.status == "stopped"]
     if stopped:
         lines += ["## Seeds stopped early by the scheduler", "", "Pruned, not failed: left out of the statistics.", "",
@@ -233,6 +318,24 @@ def _markdown(exp: Experiment, base: ConfigResults, summaries, finished, compari
     lines += ["## Configs", "", _table(["config", "id", "searched values"], rows), "",
               "Numbers: `stats.json` beside this file. Regenerate with `ptray report DIR`.", ""]
     return "\n".join(lines)
+
+
+def _comparison_row(c: ConfigResults, r: dict) -> list[str]:
+    testable = min(r["n_a"], r["n_b"]) >= stats.MIN_SEEDS
+
+    def p(x: float, applies: bool = True) -> str:
+        if not applies:
+            return "unpaired"
+        return "too few seeds" if not testable else _p(x)
+
+    diff = _signed(r["mean_diff"]) + (
+        f" [{_signed(r['mean_diff_ci95_low'])}, {_signed(r['mean_diff_ci95_high'])}]" if testable else "")
+    ratio = _n(r["std_ratio"], 2) + (
+        f" [{_n(r['std_ratio_ci95_low'], 2)}, {_n(r['std_ratio_ci95_high'], 2)}]" if testable else "")
+    need = f"{_seeds(r['seeds_to_detect_mean'])}, {_seeds(r['seeds_to_detect_std'])}" if testable else "-"
+    return [_cfg(c), f"{r['n_a']}/{r['n_b']}" + (" (paired)" if r["paired"] else ""), diff, p(r["welch_p"]),
+            p(r["mannwhitney_p"]), p(r["paired_p"], r["paired"]), p(r["wilcoxon_p"], r["paired"]), ratio,
+            p(r["brown_forsythe_p"]), p(r["levene_p"]), need]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -257,18 +360,47 @@ def _n(x: float, digits: int = 4) -> str:
     return "∞" if math.isinf(x) else f"{x:.{digits}f}"
 
 
-def _pm(s: dict) -> str:
-    return f"{_n(s['mean'])} ± {_n(s['std'])}"
+def _pm(s: dict, suffix: str = "") -> str:
+    """mean ± std; one seed has no std, and says so."""
+    mean, std = s["mean" + suffix], s["std" + suffix]
+    if math.isnan(mean):
+        return "-"
+    return f"{_n(mean)} ± {_n(std)}" if not math.isnan(std) else f"{_n(mean)} (one seed)"
+
+
+def _ci(s: dict, suffix: str = "") -> str:
+    n = s["n_ok"] if not suffix else s["n" + suffix]
+    if n < stats.MIN_SEEDS:
+        return f"too few seeds (n = {n})"
+    return f"[{_n(s['ci95_low' + suffix])}, {_n(s['ci95_high' + suffix])}]"
+
+
+def _count(k: float, n: int | None = None) -> str:
+    # NaN: no majority baseline applies (the report has no accuracy).
+    if math.isnan(k):
+        return "-"
+    return f"{int(k)}/{n}" if n is not None else str(int(k))
 
 
 def _signed(x: float) -> str:
     return "-" if not math.isfinite(x) else f"{x:+.4f}"
 
 
+def _pts(x: float) -> str:
+    """A difference of a metric in [0, 1] in points (hundredths)."""
+    return f"{100 * x:+.1f}"
+
+
 def _p(p: float) -> str:
     if not math.isfinite(p):
-        return "-"
+        return "undefined"
     return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def _seeds(n: float) -> str:
+    if math.isnan(n):
+        return "-"
+    return f"> {stats.MAX_SEEDS}" if math.isinf(n) else str(int(n))
 
 
 def _mean_std(values: list[float]) -> str:

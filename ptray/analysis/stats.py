@@ -8,27 +8,33 @@ Conventions shared by every function here:
 
 * Inputs are 1-D sequences of per-seed report-metric values (higher is
   better, e.g. accuracy). ``NaN`` (or ``None``/``inf``) marks a seed whose
-  run failed or diverged and produced no usable value.
+  run failed: it crashed, diverged or never wrote a result, and has no score.
 * Outputs are plain Python ``int``/``float`` values (or numpy arrays for
   curves) so a summary dict can be logged as metrics as-is. Statistics that are
-  undefined for the data at hand (a std of one value, a test on a group of
-  one) are ``nan`` rather than an exception: a sweep where most seeds failed
-  must still be summarised.
+  undefined for the data at hand are ``nan`` rather than an exception: a sweep
+  where most seeds failed must still be summarised.
 
-Definition of a *failed seed* (used by :func:`summarize`): a seed is failed
-if its run failed or diverged (non-finite value, or flagged in ``failed``)
-OR, when the majority-class ``baseline`` accuracy of the report split is
-given, its value is at or below that baseline, i.e. the prompt learned
-nothing better than always predicting the most frequent label. This is the
-degenerate-run criterion used in the fine-tuning stability literature
-(e.g. Mosbach et al. 2021, Dodge et al. 2020), and it is why the summary
-statistics are computed over the non-failed seeds only, with the failure rate
-reported beside them.
+What the statistics are over (:func:`summarize`): every seed that finished,
+whatever its score. A failed seed has no score: it is counted (``n_failed``),
+never averaged. A finished seed at or below the majority-class baseline (its
+prompt learned nothing better than always predicting the most frequent label)
+is the instability a seed study measures: it stays in the statistics and is
+also counted beside them (``n_at_majority``), as the "failed runs" of the
+fine-tuning stability literature are reported beside the statistics over all
+runs (Mosbach et al. 2021, Dodge et al. 2020). Statistics over the other
+finished seeds alone are a secondary view, every key suffixed
+``_nondegenerate``.
+
+Small samples: with fewer than :data:`MIN_SEEDS` finished seeds on a side no
+interval and no test is computed (``nan``). A test whose input is degenerate
+(every seed of both groups scores the same, or lies equally far from its
+group's centre) is ``nan`` too, where scipy would divide by zero and answer
+p = 0.
 """
 
 from __future__ import annotations
 
-import inspect
+import math
 import warnings
 from collections import Counter
 from typing import Iterable, Sequence
@@ -37,23 +43,53 @@ import numpy as np
 from scipy import stats as _st
 
 __all__ = [
+    "ALPHA",
     "CI_METHOD",
-    "summarize",
-    "failed_mask",
-    "expected_max_performance",
+    "MAX_SEEDS",
+    "MIN_SEEDS",
+    "NONDEGENERATE",
+    "POWER",
+    "SUMMARY_STATISTICS",
+    "at_or_below",
     "compare",
+    "expected_max_performance",
     "majority_baseline",
+    "seeds_to_detect_difference",
+    "seeds_to_detect_std_ratio",
+    "summarize",
 ]
 
-#: Bootstrap CI method used throughout. Percentile rather than BCa because
+#: Bootstrap CI method of the std ratio. Percentile rather than BCa because
 #: BCa's jackknife acceleration is undefined/unstable for the handful of seeds
 #: (and the ties, e.g. identical accuracies) typical of seed studies.
 CI_METHOD = "percentile"
+
+#: Fewest finished seeds per side for an interval or a test. A bootstrap of two
+#: values, or a Levene test on two per group (each value is as far from the
+#: pair's centre as the other: p = 0), says nothing about the population.
+MIN_SEEDS = 3
+
+#: Level of every test and interval (95%), and the power the seed counts of
+#: :func:`seeds_to_detect_difference` / :func:`seeds_to_detect_std_ratio` aim at.
+ALPHA = 0.05
+POWER = 0.8
+
+#: Power estimates search up to this many seeds per config; beyond: ``inf``.
+MAX_SEEDS = 1000
+
+#: The statistics :func:`summarize` gives over the finished seeds; with the
+#: :data:`NONDEGENERATE` suffix, the same over those above the majority class.
+SUMMARY_STATISTICS = ("mean", "std", "median", "iqr", "min", "max", "ci95_low", "ci95_high")
+NONDEGENERATE = "_nondegenerate"
 
 # Values within this distance above the majority baseline still count as "at"
 # the baseline: accuracies computed as count/total in different places can
 # differ in the last bits.
 _BASELINE_ATOL = 1e-9
+
+# Seeds whose values differ by less than this (relative) are tied: float noise
+# must not turn a zero variance into a tiny one that a test divides by.
+_TIE_RTOL = 1e-12
 
 _NAN = float("nan")
 
@@ -66,113 +102,109 @@ def _as_1d_float(values: Iterable[float] | np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
+def _flags(flags: Sequence[bool] | np.ndarray | None, like: np.ndarray, name: str) -> np.ndarray:
+    if flags is None:
+        return np.zeros(like.shape, dtype=bool)
+    arr = np.asarray(flags, dtype=bool)
+    if arr.shape != like.shape:
+        raise ValueError(f"{name} has shape {arr.shape}, values has shape {like.shape}")
+    return arr
+
+
 def _f(x) -> float:
     """Plain Python float (numpy scalars do not survive every JSON/MLflow path)."""
     return float(x)
 
 
-# scipy >= 1.15 takes ``rng``; older releases (pyproject allows >= 1.11) only
-# ``random_state``. Either way the generator is seeded, so CIs are reproducible.
-_BOOTSTRAP_RNG_KW = "rng" if "rng" in inspect.signature(_st.bootstrap).parameters else "random_state"
+def _describe(x: np.ndarray) -> dict:
+    """The :data:`SUMMARY_STATISTICS` of finished seeds' values.
 
-
-def _bootstrap_mean_ci(x: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
-    if x.size < 2:
-        # A bootstrap of one value is a point, not an interval.
-        return _NAN, _NAN
-    res = _st.bootstrap(
-        (x,),
-        np.mean,
-        n_resamples=int(n_boot),
-        confidence_level=0.95,
-        method=CI_METHOD,
-        vectorized=True,
-        axis=-1,
-        **{_BOOTSTRAP_RNG_KW: np.random.default_rng(seed)},
-    )
-    return _f(res.confidence_interval.low), _f(res.confidence_interval.high)
+    The CI of the mean is Student's t interval, from :data:`MIN_SEEDS` values. Not a percentile bootstrap: with a
+    handful of seeds that is about the observed range (3 seeds: the range, which holds the mean of normal seeds 75% of
+    the time, not 95%), while the t interval widens with the t quantile as a few seeds warrant.
+    """
+    if x.size == 0:
+        return dict.fromkeys(SUMMARY_STATISTICS, _NAN)
+    lo, hi = _NAN, _NAN
+    if x.size >= MIN_SEEDS:
+        ci = _quiet(_st.ttest_1samp, x, 0.0).confidence_interval(1 - ALPHA)  # tied seeds: a point, not an error
+        lo, hi = _f(ci.low), _f(ci.high)
+    return {
+        "mean": _f(np.mean(x)),
+        "std": _f(np.std(x, ddof=1)) if x.size > 1 else _NAN,
+        "median": _f(np.median(x)),
+        "iqr": _f(_st.iqr(x)),
+        "min": _f(np.min(x)),
+        "max": _f(np.max(x)),
+        "ci95_low": lo,
+        "ci95_high": hi,
+    }
 
 
 def summarize(
     values: Sequence[float] | np.ndarray,
     failed: Sequence[bool] | np.ndarray | None = None,
-    baseline: float | None = None,
-    n_boot: int = 10000,
-    seed: int = 0,
+    at_majority: Sequence[bool] | np.ndarray | None = None,
 ) -> dict:
-    """Summarise one configuration's per-seed report metric.
+    """Summarise one configuration's per-seed report metric (see the module docstring for what counts).
 
     Args:
-        values: per-seed metric values; NaN/None/inf for a failed or diverged seed.
+        values: per-seed metric values; NaN/None/inf for a failed seed.
         failed: optional boolean flags (same length) for seeds known to have
             failed even though they reported a value.
-        baseline: majority-class accuracy of the report split; seeds at or
-            below it count as failed (see module docstring).
-        n_boot: bootstrap resamples for the CI of the mean.
-        seed: seed of the bootstrap generator (same inputs -> same CI).
+        at_majority: optional boolean flags (same length) for seeds that ended
+            at or below the majority-class baseline (:func:`at_or_below` on
+            their accuracy; one mask serves every metric of a seed). None when
+            no baseline applies: then nothing is known to be degenerate and
+            the majority counts and the secondary view are NaN.
 
     Returns:
-        dict with ``n_seeds``, ``n_ok``, ``n_failed``, ``failure_rate`` and,
-        over the non-failed seeds, ``mean``, ``std`` (ddof=1), ``median``,
-        ``iqr`` (Q3-Q1, ``scipy.stats.iqr``), ``min`` (worst seed), ``max``,
-        ``ci95_low``/``ci95_high`` (95% percentile-bootstrap CI of the mean).
-        With no successful seed every statistic is NaN; with one, ``std`` and
-        the CI are NaN.
+        dict with ``n_seeds``, ``n_failed`` and ``failure_rate`` (failed seeds
+        over all), ``n_ok`` (the finished seeds: the n of every statistic) and,
+        over them, ``mean``, ``std`` (ddof=1), ``median``, ``iqr`` (Q3-Q1,
+        ``scipy.stats.iqr``), ``min`` (worst seed), ``max``,
+        ``ci95_low``/``ci95_high`` (95% t interval of the mean);
+        ``n_at_majority`` and ``majority_rate`` (finished seeds at or below the
+        majority class, over all seeds); ``n_nondegenerate`` and every
+        statistic again with the ``_nondegenerate`` suffix, over the finished
+        seeds above the majority class. With no finished seed every statistic
+        is NaN; with one, ``std`` and the CI; with fewer than MIN_SEEDS, the CI.
     """
     v = _as_1d_float(values, "values")
-    bad = failed_mask(v, failed, baseline)
-    ok = v[~bad]
-
-    n_seeds = int(v.size)
-    n_failed = int(bad.sum())
+    bad = ~np.isfinite(v) | _flags(failed, v, "failed")
+    n_seeds, n_failed = int(v.size), int(bad.sum())
     out = {
         "n_seeds": n_seeds,
-        "n_ok": int(ok.size),
+        "n_ok": n_seeds - n_failed,
         "n_failed": n_failed,
         "failure_rate": _f(n_failed / n_seeds) if n_seeds else _NAN,
+        **_describe(v[~bad]),
     }
-    if ok.size == 0:
-        out.update(mean=_NAN, std=_NAN, median=_NAN, iqr=_NAN, min=_NAN, max=_NAN,
-                   ci95_low=_NAN, ci95_high=_NAN)
+    if at_majority is None:
+        out.update(n_at_majority=_NAN, majority_rate=_NAN, n_nondegenerate=_NAN,
+                   **{k + NONDEGENERATE: _NAN for k in SUMMARY_STATISTICS})
         return out
-    lo, hi = _bootstrap_mean_ci(ok, n_boot, seed)
-    out.update(
-        mean=_f(np.mean(ok)),
-        std=_f(np.std(ok, ddof=1)) if ok.size > 1 else _NAN,
-        median=_f(np.median(ok)),
-        iqr=_f(_st.iqr(ok)),
-        min=_f(np.min(ok)),
-        max=_f(np.max(ok)),
-        ci95_low=lo,
-        ci95_high=hi,
-    )
+    low = _flags(at_majority, v, "at_majority") & ~bad
+    above = v[~bad & ~low]
+    out.update(n_at_majority=int(low.sum()), majority_rate=_f(low.sum() / n_seeds) if n_seeds else _NAN,
+               n_nondegenerate=int(above.size),
+               **{k + NONDEGENERATE: x for k, x in _describe(above).items()})
     return out
 
 
-def failed_mask(
-    values: Sequence[float] | np.ndarray,
-    failed: Sequence[bool] | np.ndarray | None = None,
-    baseline: float | Sequence[float] | np.ndarray | None = None,
+def at_or_below(
+    accuracy: Sequence[float] | np.ndarray,
+    baseline: float | Sequence[float] | np.ndarray,
 ) -> np.ndarray:
-    """Boolean mask of the failed seeds, by the definition in the module docstring.
+    """Boolean mask of the seeds whose accuracy is at or below the majority-class ``baseline``.
 
     ``baseline`` is one majority-class accuracy for all seeds, or one per seed
-    (seeds evaluated on different report subsets); a NaN baseline flags nothing.
-    Callers with several metrics per seed compute the mask once on the
-    accuracy and pass it as ``failed`` to :func:`summarize` for every metric,
-    so all metrics agree on which seeds failed.
+    (seeds evaluated on different report subsets); a NaN on either side flags
+    nothing (a failed seed has no accuracy to judge).
     """
-    v = _as_1d_float(values, "values")
-    bad = ~np.isfinite(v)
-    if failed is not None:
-        flags = np.asarray(failed, dtype=bool)
-        if flags.shape != v.shape:
-            raise ValueError(f"failed has shape {flags.shape}, values has shape {v.shape}")
-        bad |= flags
-    if baseline is not None:
-        with np.errstate(invalid="ignore"):  # NaN values are already marked bad; NaN baselines compare False
-            bad |= v <= np.asarray(baseline, dtype=float) + _BASELINE_ATOL
-    return bad
+    a = _as_1d_float(accuracy, "accuracy")
+    with np.errstate(invalid="ignore"):
+        return a <= np.asarray(baseline, dtype=float) + _BASELINE_ATOL
 
 
 def expected_max_performance(
@@ -231,12 +263,36 @@ def expected_max_performance(
 
 
 def _quiet(fn, *args, **kwargs):
-    # Degenerate seed data (zero variance, identical groups) makes scipy emit
-    # RuntimeWarnings and return nan/inf; that result is the signal we report,
-    # so the warnings only add noise in sweep logs.
+    # Small or tied seed data makes scipy emit RuntimeWarnings (normal approximations, ties); the results that
+    # matter are checked here, so the warnings only add noise in sweep logs.
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
         return fn(*args, **kwargs)
+
+
+def _constant(x: np.ndarray) -> bool:
+    """All values tied (up to float noise)."""
+    return bool(np.ptp(x) <= _TIE_RTOL * max(1.0, float(np.max(np.abs(x)))))
+
+
+def _stat_p(result) -> tuple[float, float]:
+    """(statistic, p) of a scipy test, or (nan, nan) where the statistic is not finite: it divided by zero."""
+    stat, p = _f(result.statistic), _f(result.pvalue)
+    return (stat, p) if math.isfinite(stat) else (_NAN, _NAN)
+
+
+def _spread_test(a: np.ndarray, b: np.ndarray, center: str) -> tuple[float, float]:
+    """Levene's test (``center="mean"``) or Brown-Forsythe's (``"median"``); (nan, nan) where undefined.
+
+    The test weighs how far apart the groups' mean absolute deviations from their centres are against how those
+    deviations vary within each group. When every seed of each group lies equally far from its centre (a group of
+    tied values, or ties such as [0.4, 0.4, 0.6, 0.6]) nothing varies within the groups, and scipy divides by (up to
+    float noise) zero and answers p = 0 for a difference it cannot measure.
+    """
+    centre = np.median if center == "median" else np.mean
+    if all(_constant(np.abs(x - centre(x))) for x in (a, b)):
+        return _NAN, _NAN
+    return _stat_p(_quiet(_st.levene, a, b, center=center))
 
 
 def _std_ratio(sa: np.ndarray | float, sb: np.ndarray | float):
@@ -253,8 +309,6 @@ def _bootstrap_std_ratio_ci(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int
     and the quantiles are taken without interpolation so inf never turns
     into nan.
     """
-    if a.size < 2 or b.size < 2:
-        return _NAN, _NAN
     rng = np.random.default_rng(seed)
     ra = a[rng.integers(0, a.size, size=(int(n_boot), a.size))]
     rb = b[rng.integers(0, b.size, size=(int(n_boot), b.size))]
@@ -273,45 +327,57 @@ def compare(
     n_boot: int = 10000,
     seed: int = 0,
 ) -> dict:
-    """Compare configuration ``a`` against baseline ``b`` over seeds.
+    """Compare configuration ``a`` against baseline ``b`` over their finished seeds.
 
-    Location: difference of means (a - b), Welch's t-test and the two-sided
-    Mann-Whitney U test. Spread (the point of a seed-stability study):
-    sd(a)/sd(b) with a 95% percentile-bootstrap CI (groups resampled
-    independently, seeded), Brown-Forsythe (Levene centred on the median,
-    robust to the skew failed-but-not-NaN seeds cause) and classic Levene
-    (centred on the mean).
+    Every finished (finite) seed of each side counts in the means and
+    standard deviations, their difference and ratio, and the unpaired tests.
+    Location: the difference of means (a - b), Welch's t-test with its 95% CI
+    of that difference, and the two-sided Mann-Whitney U test. Spread (the
+    point of a seed-stability study): sd(a)/sd(b) with a 95% percentile-
+    bootstrap CI (groups resampled independently, seeded), Brown-Forsythe
+    (Levene centred on the median, robust to the skew that degenerate seeds
+    cause) and classic Levene (centred on the mean).
 
-    With ``paired=True`` the arrays must be the same seeds in the same order
-    (equal length); a seed is dropped from both if either value is NaN, and
-    the paired t-test and Wilcoxon signed-rank test are added. Unpaired,
-    NaNs are dropped from each group separately and the paired keys are NaN
-    (the key set is the same either way, so results tabulate cleanly).
+    With ``paired=True`` the arrays are the same seeds in the same order
+    (equal length): the paired t-test and the Wilcoxon signed-rank test are
+    added over the seeds finished on both sides (``n_pairs``), and the CI of
+    the difference is the paired t-test's (of the mean paired difference, the
+    difference of means when every seed finished on both sides). Unpaired,
+    the paired keys are NaN (the key set is the same either way, so results
+    tabulate cleanly).
 
-    Any test whose inputs are too small (fewer than 2 per group for t,
-    Levene and the std ratio; no non-zero paired difference for Wilcoxon)
-    gives NaN.
+    No test and no interval with fewer than MIN_SEEDS finished seeds on a
+    side (pairs, for the paired tests and the paired CI); a test whose input
+    is degenerate (see the module docstring) and a Wilcoxon test with no
+    non-zero paired difference are NaN.
+
+    Power: ``seeds_to_detect_mean`` is the number of seeds per config at which
+    the t-test used (paired or Welch) would detect the observed standardised
+    difference of means, ``seeds_to_detect_std`` the number at which an F
+    test would detect the observed std ratio (ALPHA, POWER; see
+    :func:`seeds_to_detect_difference`, :func:`seeds_to_detect_std_ratio`).
 
     Returns:
         dict of plain floats/ints: ``n_a``, ``n_b``, ``mean_a``, ``mean_b``,
-        ``mean_diff``, ``std_a``, ``std_b``, ``welch_t``, ``welch_p``,
-        ``mannwhitney_u``, ``mannwhitney_p``, ``std_ratio``,
-        ``std_ratio_ci95_low``, ``std_ratio_ci95_high``,
-        ``brown_forsythe_stat``, ``brown_forsythe_p``, ``levene_stat``,
-        ``levene_p``, ``n_pairs``, ``paired_t``, ``paired_p``,
-        ``wilcoxon_stat``, ``wilcoxon_p``.
+        ``mean_diff``, ``mean_diff_ci95_low``, ``mean_diff_ci95_high``,
+        ``std_a``, ``std_b``, ``welch_t``, ``welch_p``, ``mannwhitney_u``,
+        ``mannwhitney_p``, ``std_ratio``, ``std_ratio_ci95_low``,
+        ``std_ratio_ci95_high``, ``brown_forsythe_stat``,
+        ``brown_forsythe_p``, ``levene_stat``, ``levene_p``, ``n_pairs``,
+        ``paired_t``, ``paired_p``, ``wilcoxon_stat``, ``wilcoxon_p``,
+        ``seeds_to_detect_mean``, ``seeds_to_detect_std``.
     """
     xa = _as_1d_float(a, "a")
     xb = _as_1d_float(b, "b")
+    diff = np.empty(0)  # paired: the differences over the seeds finished on both sides
     if paired:
         if xa.shape != xb.shape:
             raise ValueError(
                 f"paired comparison needs the same seeds in both arrays, got lengths {xa.size} and {xb.size}"
             )
-        keep = np.isfinite(xa) & np.isfinite(xb)
-        xa, xb = xa[keep], xb[keep]
-    else:
-        xa, xb = xa[np.isfinite(xa)], xb[np.isfinite(xb)]
+        both = np.isfinite(xa) & np.isfinite(xb)
+        diff = xa[both] - xb[both]
+    xa, xb = xa[np.isfinite(xa)], xb[np.isfinite(xb)]
     na, nb = int(xa.size), int(xb.size)
 
     mean_a = _f(np.mean(xa)) if na else _NAN
@@ -324,55 +390,98 @@ def compare(
         "mean_a": mean_a,
         "mean_b": mean_b,
         "mean_diff": mean_a - mean_b,
+        "mean_diff_ci95_low": _NAN,
+        "mean_diff_ci95_high": _NAN,
         "std_a": std_a,
         "std_b": std_b,
+        "std_ratio": _f(_std_ratio(std_a, std_b)),
     }
+    nan2 = (_NAN, _NAN)
+    testable = min(na, nb) >= MIN_SEEDS
+    # Welch's t is undefined when neither group varies (0/0, or a difference over a zero standard error).
+    welch = _quiet(_st.ttest_ind, xa, xb, equal_var=False) if testable and not (
+        _constant(xa) and _constant(xb)) else None
+    out["welch_t"], out["welch_p"] = _stat_p(welch) if welch is not None else nan2
+    out["mannwhitney_u"], out["mannwhitney_p"] = (
+        _stat_p(_quiet(_st.mannwhitneyu, xa, xb, alternative="two-sided")) if testable else nan2)
+    out["std_ratio_ci95_low"], out["std_ratio_ci95_high"] = (
+        _bootstrap_std_ratio_ci(xa, xb, n_boot, seed) if testable else nan2)
+    out["brown_forsythe_stat"], out["brown_forsythe_p"] = _spread_test(xa, xb, "median") if testable else nan2
+    out["levene_stat"], out["levene_p"] = _spread_test(xa, xb, "mean") if testable else nan2
 
-    two_each = na > 1 and nb > 1
-    if two_each:
-        r = _quiet(_st.ttest_ind, xa, xb, equal_var=False)
-        out["welch_t"], out["welch_p"] = _f(r.statistic), _f(r.pvalue)
-    else:
-        out["welch_t"] = out["welch_p"] = _NAN
-
-    if na and nb:
-        r = _quiet(_st.mannwhitneyu, xa, xb, alternative="two-sided")
-        out["mannwhitney_u"], out["mannwhitney_p"] = _f(r.statistic), _f(r.pvalue)
-    else:
-        out["mannwhitney_u"] = out["mannwhitney_p"] = _NAN
-
-    out["std_ratio"] = _f(_std_ratio(std_a, std_b))
-    out["std_ratio_ci95_low"], out["std_ratio_ci95_high"] = _bootstrap_std_ratio_ci(xa, xb, n_boot, seed)
-
-    if two_each:
-        bf = _quiet(_st.levene, xa, xb, center="median")
-        lv = _quiet(_st.levene, xa, xb, center="mean")
-        out["brown_forsythe_stat"], out["brown_forsythe_p"] = _f(bf.statistic), _f(bf.pvalue)
-        out["levene_stat"], out["levene_p"] = _f(lv.statistic), _f(lv.pvalue)
-    else:
-        out["brown_forsythe_stat"] = out["brown_forsythe_p"] = _NAN
-        out["levene_stat"] = out["levene_p"] = _NAN
-
-    out["n_pairs"] = na if paired else 0
+    out["n_pairs"] = int(diff.size)
     out["paired_t"] = out["paired_p"] = _NAN
     out["wilcoxon_stat"] = out["wilcoxon_p"] = _NAN
-    if paired:
-        if na > 1:
-            r = _quiet(_st.ttest_rel, xa, xb)
-            out["paired_t"], out["paired_p"] = _f(r.statistic), _f(r.pvalue)
-        diff = xa - xb
+    paired_t = None
+    if out["n_pairs"] >= MIN_SEEDS:
+        if not _constant(diff):  # a constant difference has no standard error: t is undefined
+            paired_t = _quiet(_st.ttest_1samp, diff, 0.0)
+            out["paired_t"], out["paired_p"] = _stat_p(paired_t)
         # All-zero differences: the signed-rank test has nothing to rank.
         # scipy versions disagree (raise vs p=1), so report it as undefined.
         if np.any(diff != 0):
-            r = _quiet(_st.wilcoxon, xa, xb)
-            out["wilcoxon_stat"], out["wilcoxon_p"] = _f(r.statistic), _f(r.pvalue)
+            out["wilcoxon_stat"], out["wilcoxon_p"] = _stat_p(_quiet(_st.wilcoxon, diff))
+
+    location = paired_t if paired else welch
+    if location is not None:
+        ci = location.confidence_interval(1 - ALPHA)
+        out["mean_diff_ci95_low"], out["mean_diff_ci95_high"] = _f(ci.low), _f(ci.high)
+    if paired:
+        effect = _f(np.mean(diff) / np.std(diff, ddof=1)) if paired_t is not None else _NAN
+    else:
+        effect = _f(out["mean_diff"] / math.sqrt((std_a ** 2 + std_b ** 2) / 2)) if welch is not None else _NAN
+    out["seeds_to_detect_mean"] = seeds_to_detect_difference(effect, paired)
+    out["seeds_to_detect_std"] = seeds_to_detect_std_ratio(out["std_ratio"]) if testable else _NAN
     return out
+
+
+def _smallest_n(n: np.ndarray, power_curve: np.ndarray, power: float) -> float:
+    hit = np.flatnonzero(power_curve >= power)
+    return _f(n[hit[0]]) if hit.size else math.inf
+
+
+def seeds_to_detect_difference(effect_size: float, paired: bool, alpha: float = ALPHA, power: float = POWER) -> float:
+    """Seeds per config at which a two-sided t-test at level ``alpha`` detects a true standardised difference of
+    means ``effect_size`` with probability ``power`` (from MIN_SEEDS up).
+
+    Paired: the paired t-test, effect = mean / sd of the paired differences (Cohen's d_z), noncentrality
+    d_z sqrt(n) on n - 1 degrees of freedom. Unpaired: the two-sample t-test with n seeds per side, effect =
+    difference / sqrt of the mean of the two variances (Cohen's d), noncentrality d sqrt(n / 2) on 2n - 2 degrees of
+    freedom; Welch's test, which the comparison runs, has about that power at equal n. Power from the noncentral t
+    distribution (``scipy.stats.nct``). ``inf`` if no n up to MAX_SEEDS reaches ``power`` (a zero effect never
+    does), ``nan`` for an undefined effect.
+    """
+    d = abs(_f(effect_size))
+    if not math.isfinite(d):
+        return _NAN
+    n = np.arange(MIN_SEEDS, MAX_SEEDS + 1)
+    df, nc = (n - 1, d * np.sqrt(n)) if paired else (2 * n - 2, d * np.sqrt(n / 2))
+    crit = _st.t.ppf(1 - alpha / 2, df)
+    return _smallest_n(n, _st.nct.sf(crit, df, nc) + _st.nct.cdf(-crit, df, nc), power)
+
+
+def seeds_to_detect_std_ratio(ratio: float, alpha: float = ALPHA, power: float = POWER) -> float:
+    """Seeds per config at which the two-sided F test of equal variances at level ``alpha`` detects a true ratio of
+    standard deviations ``ratio`` with probability ``power`` (from MIN_SEEDS up).
+
+    With n normal seeds per side, (s_a / s_b)^2 / ratio^2 follows F(n - 1, n - 1) (``scipy.stats.f``). The
+    Brown-Forsythe test the comparison reports trades some of that power for robustness to non-normal seeds, so read
+    the count as a lower bound. ``inf`` if no n up to MAX_SEEDS reaches ``power`` (a ratio of 1 never does), ``nan``
+    for a ratio that is 0 (a config whose seeds all tie), infinite or undefined.
+    """
+    r2 = _f(ratio) ** 2
+    if not (math.isfinite(r2) and r2 > 0):
+        return _NAN
+    n = np.arange(MIN_SEEDS, MAX_SEEDS + 1)
+    df = n - 1
+    lo, hi = _st.f.ppf(alpha / 2, df, df), _st.f.ppf(1 - alpha / 2, df, df)
+    return _smallest_n(n, _st.f.sf(hi / r2, df, df) + _st.f.cdf(lo / r2, df, df), power)
 
 
 def majority_baseline(labels: Iterable) -> float:
     """Share of the most frequent label: the accuracy of always predicting it.
 
-    Used as ``baseline`` in :func:`summarize` to flag degenerate seeds.
+    The ``baseline`` of :func:`at_or_below`, which flags degenerate seeds.
     Labels may be any hashable values (ints, strings).
     """
     counts = Counter(labels.tolist() if isinstance(labels, np.ndarray) else labels)

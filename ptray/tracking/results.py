@@ -7,7 +7,8 @@ Layout (written by `ptray tune`; the core's `train` writes each result.json):
 
 A (config, seed) that experiment.json promises but that has no result.json is kept as a `missing` seed (the trial
 crashed before the core wrote its result, or has not run yet): it counts as failed, never silently dropped. A seed a
-scheduler stopped early (status `stopped`) was pruned, not failed: it is listed, but left out of the statistics.
+scheduler stopped early (status `stopped`) was pruned, not failed: it is listed, but left out of the statistics. Every
+other seed that finished is in the statistics, whatever its score (`ConfigResults.summary`).
 """
 from __future__ import annotations
 
@@ -107,30 +108,32 @@ class ConfigResults:
         return np.array([s.report.get(name, math.nan) if s.ok else math.nan for s in self.scored], dtype=float)
 
     def failed(self) -> np.ndarray:
-        """Per scored seed: failed, diverged, missing, or (by report accuracy) at or below the majority baseline."""
-        primary = self.metric(self.primary_metric)
-        # The majority baseline is an accuracy; tasks whose report has no accuracy are judged by status only.
-        acc = [s.report.get("accuracy", p) for s, p in zip(self.scored, primary)]
-        base = [s.majority_baseline if "accuracy" in s.report else math.nan for s in self.scored]
-        not_ok = [not s.ok or not math.isfinite(p) for s, p in zip(self.scored, primary)]
-        return stats.failed_mask(acc, not_ok, base)
+        """Per scored seed: failed, diverged, missing, or without a report metric. Such a seed has no score: it is
+        counted, never averaged."""
+        return ~np.isfinite(self.metric(self.primary_metric))
+
+    def at_majority(self) -> np.ndarray | None:
+        """Per scored seed: finished with a report accuracy at or below its report split's majority-class baseline.
+        None when no seed can be judged (the report has no accuracy, or results older than the baseline field)."""
+        acc = np.array([s.report.get("accuracy", math.nan) if s.ok else math.nan for s in self.scored], dtype=float)
+        base = np.array([s.majority_baseline for s in self.scored], dtype=float)
+        if not (np.isfinite(acc) & np.isfinite(base)).any():
+            return None
+        return stats.at_or_below(acc, base)
 
     def failed_seeds(self) -> list[SeedResult]:
         return [s for s, bad in zip(self.scored, self.failed()) if bad]
 
-    def summary(self, metric: str | None = None, n_boot: int = 10000) -> dict:
-        return stats.summarize(self.metric(metric or self.primary_metric), failed=self.failed(), n_boot=n_boot)
+    def majority_seeds(self) -> list[SeedResult]:
+        low = self.at_majority()
+        return [] if low is None else [s for s, at in zip(self.scored, low) if at]
 
-    def finished_summary(self, metric: str | None = None, n_boot: int = 10000) -> dict:
-        """The same over every seed that finished, those at or below the majority class included (only failed or
-        diverged runs, NaN in `metric`, are left out): the view that still has numbers when every seed is degenerate."""
-        return stats.summarize(self.metric(metric or self.primary_metric), n_boot=n_boot)
-
-    def ok_values(self, metric: str | None = None) -> np.ndarray:
-        """Per-seed values with every failed seed (by `failed`) as NaN: what plots and comparisons take."""
-        v = self.metric(metric or self.primary_metric)
-        v[self.failed()] = math.nan
-        return v
+    def summary(self, metric: str | None = None) -> dict:
+        """The statistics of `metric` (default: the primary one) over every seed that finished, with the failed seeds
+        and those at or below the majority class counted beside them (`stats.summarize`). The one function behind
+        the `ptray tune` table, the report and the MLflow parent runs, so they state the same numbers."""
+        return stats.summarize(self.metric(metric or self.primary_metric), failed=self.failed(),
+                               at_majority=self.at_majority())
 
     def curves(self, key: str) -> dict[int, list[tuple[float, float]]]:
         return {s.seed: s.curve(key) for s in self.seeds if s.history}
@@ -138,8 +141,11 @@ class ConfigResults:
     def failure_reason(self, s: SeedResult) -> str:
         if not s.ok:
             return s.reason or s.status
-        acc = s.report.get("accuracy", math.nan)
-        return f"report accuracy {acc:.4f} at or below the majority-class baseline {s.majority_baseline:.4f}"
+        return f"no report {self.primary_metric}"
+
+    def majority_note(self, s: SeedResult) -> str:
+        return (f"report accuracy {s.report['accuracy']:.4f} at or below the majority-class baseline "
+                f"{s.majority_baseline:.4f}")
 
 
 @dataclass

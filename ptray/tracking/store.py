@@ -1,9 +1,12 @@
 """MLflow records of a ptray experiment: a parent run per configuration, a child run per seed.
 
     experiment (= experiment.json "name")
-      parent run per config_id   params: the config without the seed; metrics: aggregates over the finished seeds
-        child run per seed        tag mlflow.parentRunId; params + train.seed; per-step loss/selection metrics;
-                                  final report/selection metrics; status FAILED with ptray.failure_reason on failure
+      parent run per config_id   params: the config without the seed; metrics: `ConfigResults.summary`, the numbers
+                                  of the tune table and the report: report/<m>/<stat> over every finished seed,
+                                  report/<m>/<stat>_nondegenerate over those above the majority class, and the counts
+        child run per seed        tag mlflow.parentRunId; params + train.seed; per-step loss/selection metrics, logged
+                                  as the seed reports them; final report/selection metrics; status FAILED with
+                                  ptray.failure_reason on failure; ptray.at_majority
 
 One writer: `Tracker` is used from one process only, the Ray Tune driver (through
 `ptray.tracking.mlflow_callback.MLflowSeedCallback`) or the CLI, so concurrent trials never race on the store (SQLite
@@ -20,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ptray.analysis import stats
 from ptray.tracking.results import (
     ConfigResults, SeedResult, load_config_seeds, load_experiment, read_experiment_json,
 )
@@ -29,7 +33,9 @@ ARTIFACTS_DIR = "mlartifacts"
 # MLflow refuses longer tag values (8000 in MLflow 3); a traceback's head says enough.
 _MAX_TAG = 5000
 _MAX_PARAM = 6000
-_SUMMARY_STATS = ("mean", "std", "median", "iqr", "min", "max", "ci95_low", "ci95_high")
+# Counts of the primary metric's summary; the statistics are logged for every report metric.
+_COUNTS = ("n_seeds", "n_ok", "n_failed", "failure_rate", "n_at_majority", "majority_rate", "n_nondegenerate")
+_STATISTICS = stats.SUMMARY_STATISTICS + tuple(k + stats.NONDEGENERATE for k in stats.SUMMARY_STATISTICS)
 
 
 def resolve_tracking_uri(experiment_dir: str | Path, config: dict | None = None) -> str:
@@ -154,15 +160,20 @@ class Tracker:
         if raw.get("throughput"):
             finals["train_examples_per_s"] = raw["throughput"]["train_examples_per_s"]
         finals.update({f"time/{k}": v for k, v in (raw.get("timings") or {}).items()})
-        latest = self.client.get_run(run_id).data.metrics
-        points += [Metric(k, float(v), now, 0) for k, v in finals.items() if not _same(latest.get(k), float(v))]
+        run = self.client.get_run(run_id).data
+        points += [Metric(k, float(v), now, 0) for k, v in finals.items() if not _same(run.metrics.get(k), float(v))]
         if points:
             self.client.log_batch(run_id, metrics=points)
 
         failed = any(s is result for s in config.failed_seeds())
         tags = {"ptray.status": result.status, "ptray.failed": str(failed).lower()}
+        if config.at_majority() is not None:
+            tags["ptray.at_majority"] = str(any(s is result for s in config.majority_seeds())).lower()
         if failed:
             tags["ptray.failure_reason"] = _text(config.failure_reason(result), _MAX_TAG)
+        elif "ptray.failure_reason" in run.tags:
+            # Stores written before seeds at the majority class counted as finished gave them a failure reason.
+            self.client.delete_tag(run_id, "ptray.failure_reason")
         if raw.get("traceback"):
             tags["ptray.traceback"] = raw["traceback"][-_MAX_TAG:]  # the end of a traceback says what broke
         for k, v in tags.items():
@@ -173,15 +184,16 @@ class Tracker:
         self.client.set_terminated(run_id, status)
 
     def update_parent(self, config: ConfigResults) -> None:
-        """Aggregates over the config's finished seeds, logged at step = number of finished seeds."""
+        """The config's summary (the tune table's and the report's numbers), logged at step = number of seeds so far."""
         from mlflow.entities import Metric
 
         run_id = self.parent(config.config_id, config.label, config.overrides)
         metrics: dict[str, float] = {}
         for name in dict.fromkeys([config.primary_metric, *(k for s in config.seeds for k in s.report)]):
             s = config.summary(name)
-            metrics.update({f"report/{name}/{k}": s[k] for k in _SUMMARY_STATS})
-            metrics.update({k: s[k] for k in ("n_seeds", "n_ok", "n_failed", "failure_rate")})
+            metrics.update({f"report/{name}/{k}": s[k] for k in _STATISTICS})
+            if name == config.primary_metric:
+                metrics.update({k: s[k] for k in _COUNTS})
         latest = self.client.get_run(run_id).data.metrics
         step, now = len(config.seeds), _now_ms()
         changed = [Metric(k, float(v), now, step) for k, v in metrics.items() if not _same(latest.get(k), float(v))]
