@@ -7,8 +7,9 @@
                           what PBT exploits, what a retry or `--resume` restarts from)
     the end            -> a last report (done_ptray, status, reason, report/<m>) whose checkpoint holds the core's
                           result.json and adapter, in seed<N>/
-    train.seed_pack K  -> the trial trains its K seeds together (ptray.core.packing); its reports speak for its first
-                          seed, its last checkpoint holds every seed's result
+    train.seed_pack K  -> the trial trains its K seeds together (ptray.core.packing); each seed reports as itself (so
+                          the driver logs every seed as it trains), a step's checkpoint (the whole pack's state) goes
+                          with the first report of that step, the last one holds every seed's result
     ResultWriter   a driver-side Tune callback: copies that last checkpoint into DIR/runs/..., or records a seed that a
                    scheduler stopped or that crashed (after its retries) with the reason. The driver writes every
                    result, so trials on other nodes need no shared folder with it.
@@ -100,45 +101,74 @@ class Reporter:
 
     def __call__(self, step: int, metrics: dict, save) -> bool:
         self.last_step = step
+        self.send(eval_metrics(self.ident, step, metrics), save)
+        return False  # stopping is the scheduler's: it ends the trial
+
+    def send(self, metrics: dict[str, Any], save) -> None:
         with tempfile.TemporaryDirectory(prefix="ptray-ckpt-") as d:
             save(Path(d))
-            self.report(eval_metrics(self.ident, step, metrics), checkpoint=tune.Checkpoint.from_directory(d))
-        return False  # stopping is the scheduler's: it ends the trial
+            self.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+class PackReporter(Reporter):
+    """One seed of a pack: its evaluations go to Tune as its own reports, so the driver logs each seed's curve as it
+    trains and Tune's progress shows every seed of the pack. The pack calls its reporters once every seed has booked
+    the step, so the first seed to report a step sends the whole pack's checkpoint and the others send none."""
+
+    def __init__(self, ident: dict[str, Any], report, checkpointed: dict[str, int]):
+        super().__init__(ident, report)
+        self.checkpointed = checkpointed  # shared by the pack's reporters: {"step": the last step checkpointed}
+
+    def send(self, metrics: dict[str, Any], save) -> None:
+        if self.checkpointed.get("step") == metrics["step"]:
+            self.report(metrics)
+            return
+        self.checkpointed["step"] = metrics["step"]
+        super().send(metrics, save)
 
 
 def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     """The Tune function: train this (config, seed), resuming from the trial's checkpoint if it has one (a retry,
     `--resume`, or a PBT exploit of another member's state)."""
     cfgs = [spec.experiment_config(config, seed) for seed in seeds_of(config)]
-    ident = identity(config)
     checkpoint = tune.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext() as resume:
-        done = Path(resume) / f"seed{config['seed']}" / RESULT_FILE if resume is not None else None
-        if done is not None and done.is_file():
+        if resume is not None and (Path(resume) / f"seed{config['seed']}" / RESULT_FILE).is_file():
             # Finished before an interruption: say so again, train nothing.
-            tune.report(final_metrics(ident, json.loads(done.read_text()), 0), checkpoint=checkpoint)
+            results = [json.loads((Path(resume) / f"seed{s}" / RESULT_FILE).read_text()) for s in seeds_of(config)]
+            _report_final(config, results, [0] * len(results), checkpoint)
             return
         if spec.workers > 1:
-            _train_with_workers(cfgs[0], ident, spec, checkpoint)
+            _train_with_workers(cfgs[0], identity(config), spec, checkpoint)
         else:
-            _train_here(cfgs, ident, resume)
+            _train_here(cfgs, config, resume)
 
 
-def _train_here(cfgs: list[ExperimentConfig], ident: dict[str, Any], resume: str | None) -> None:
-    """In the trial's own process: one seed with the core's `train`, or a pack of seeds with `train_packed`. The
-    first seed's reporter speaks for a pack; every seed is filed from the last checkpoint."""
+def _train_here(cfgs: list[ExperimentConfig], config: dict[str, Any], resume: str | None) -> None:
+    """In the trial's own process: one seed with the core's `train`, or a pack of seeds with `train_packed`, each
+    seed reporting as itself; every seed is filed from the last checkpoint."""
     from ptray.core.packing import train_packed
     from ptray.core.train import train
 
-    reporters = [Reporter(ident, tune.report)] + [None] * (len(cfgs) - 1)
     with tempfile.TemporaryDirectory(prefix="ptray-run-") as out:
         outs = [Path(out) / f"seed{c.train.seed}" for c in cfgs]
         if len(cfgs) == 1:
+            reporters = [Reporter(identity(config), tune.report)]
             results = [train(cfgs[0], outs[0], reporter=reporters[0], resume_dir=resume, progress=False)]
         else:
+            checkpointed: dict[str, int] = {}
+            reporters = [PackReporter({**identity(config), "seed": c.train.seed}, tune.report, checkpointed)
+                         for c in cfgs]
             results = train_packed(cfgs, outs, reporters, resume_dir=resume, progress=False)
-        tune.report(final_metrics(ident, results[0], reporters[0].last_step),
-                    checkpoint=tune.Checkpoint.from_directory(out))
+        _report_final(config, results, [r.last_step for r in reporters], tune.Checkpoint.from_directory(out))
+
+
+def _report_final(config: dict[str, Any], results: list[dict[str, Any]], last_steps: list[int], checkpoint) -> None:
+    """Every seed's last report (a pack's one after the other); the first carries the checkpoint that holds every
+    seed's result."""
+    for i, (seed, result, step) in enumerate(zip(seeds_of(config), results, last_steps)):
+        tune.report(final_metrics({**identity(config), "seed": seed}, result, step),
+                    checkpoint=checkpoint if i == 0 else None)
 
 
 def _train_with_workers(cfg: ExperimentConfig, ident: dict[str, Any], spec: TrialSpec, checkpoint) -> None:
@@ -237,6 +267,11 @@ class ResultWriter(tune.Callback):
     def __init__(self, experiment_dir: str | Path, spec: TrialSpec, primary_metric: str, scheduler_name: str):
         self.dir = Path(experiment_dir)
         self.spec, self.primary, self.scheduler_name = spec, primary_metric, scheduler_name
+        self._last: dict[tuple[str, int], dict[str, Any]] = {}  # (trial_id, seed) -> that seed's last report
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        # A pack's seeds report in turn: the trial's last result is only one of them.
+        self._last[trial.trial_id, int(result["seed"])] = result
 
     def on_trial_start(self, iteration, trials, trial, **info):
         c = trial.config
@@ -266,17 +301,16 @@ class ResultWriter(tune.Callback):
                 write_json(out / RESULT_FILE, {**result, **self._identity(trial)})
 
     def _record(self, trial, status: str, reason: str, **extra) -> None:
-        """Seeds whose trial wrote no result: what the driver saw of them (the last report), and why."""
-        c, last = trial.config, trial.last_result or {}
-        selection = {k.removeprefix("selection/"): v for k, v in last.items() if k.startswith("selection/")}
+        """Seeds whose trial wrote no result: what the driver saw of them (each one's last report), and why."""
+        c = trial.config
         for seed in seeds_of(c):
+            last = self._last.get((trial.trial_id, seed)) or _own(trial.last_result, seed)
+            selection = {k.removeprefix("selection/"): v for k, v in last.items() if k.startswith("selection/")}
             cfg = self.spec.experiment_config(c, seed)
             result = {"seed": seed, "status": status, "reason": reason, "task": cfg.task.name,
                       "method": cfg.method.name, "model": cfg.model.name, "primary_metric": self.primary,
-                      # The reports speak for the first seed of a pack only.
-                      "selection_metrics": (selection or None) if seed == c["seed"] else None,
-                      "report_metrics": {}, "steps": last.get("step", 0), "history": [], "config": cfg.to_dict(),
-                      **extra}
+                      "selection_metrics": selection or None, "report_metrics": {}, "steps": last.get("step", 0),
+                      "history": [], "config": cfg.to_dict(), **extra}
             write_json(run_dir(self.dir, c["config_id"], seed) / RESULT_FILE, {**result, **self._identity(trial)})
 
     @staticmethod
@@ -284,3 +318,9 @@ class ResultWriter(tune.Callback):
         c = trial.config
         return {"config_id": c["config_id"], "trial_id": trial.trial_id, "overrides": c["overrides"],
                 "label": c["label"]}
+
+
+def _own(result: dict[str, Any] | None, seed: int) -> dict[str, Any]:
+    """`result` if it is `seed`'s report. After a restore Tune still has each trial's last result, but a callback's own
+    record of every seed's last report starts empty."""
+    return result if result and result.get("seed") == seed else {}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
+from ptray.distributed.trial import seeds_of
 from ptray.tracking.results import RESULT_FILE, RUNS_DIR, SeedResult
 from ptray.tracking.store import Tracker, log_experiment, resolve_tracking_uri
 
@@ -19,8 +20,9 @@ class MLflowSeedCallback(Callback):
     """Ray Tune callback (runs on the driver): a parent run per config_id, a child run per (config_id, seed).
 
     Pass it to `tune.RunConfig(callbacks=[...])`. Trials follow the ptray contract: their config holds config_id,
-    seed, overrides and label; every report carries step, loss and selection/<metric>; the last one done_ptray,
-    status, report/<metric> and reason.
+    seed (a pack: seeds), overrides and label; every report carries its seed, step, loss and selection/<metric>; a
+    seed's last one done_ptray, status, report/<metric> and reason. Each seed's run starts with its trial and logs its
+    reports as they come, so a packed seed has its own curve in time, as a seed trained alone does.
     """
 
     def __init__(self, tracking_uri: str, experiment_name: str, experiment_dir: str | Path):
@@ -28,7 +30,7 @@ class MLflowSeedCallback(Callback):
         self.experiment_name = experiment_name
         self.experiment_dir = str(experiment_dir)
         self._tracker: Tracker | None = None
-        self._last: dict[str, dict] = {}
+        self._last: dict[tuple[str, int], dict] = {}  # (trial_id, seed) -> that seed's last report
 
     def __getstate__(self):
         # Tune pickles its callbacks with the experiment state; a database client does not pickle.
@@ -45,11 +47,17 @@ class MLflowSeedCallback(Callback):
         # inside the first result, where it holds up Tune's event loop.
         _ = self.tracker
 
+    def on_trial_start(self, iteration, trials, trial, **info):
+        c = trial.config
+        for seed in seeds_of(c):
+            self.tracker.child(c["config_id"], seed, c.get("label") or c["config_id"], c.get("overrides") or {},
+                               trial.trial_id)
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         c = trial.config
-        cid, seed = c["config_id"], int(c["seed"])
+        cid, seed = c["config_id"], int(result["seed"])
         self.tracker.child(cid, seed, c.get("label") or cid, c.get("overrides") or {}, trial.trial_id)
-        self._last[trial.trial_id] = result
+        self._last[trial.trial_id, seed] = result
         metrics = {k: v for k, v in result.items() if k == "loss" or k.startswith("selection/")}
         # The final report repeats the last evaluation; its step history then comes from result.json.
         if "step" in result and metrics and not result.get("done_ptray"):
@@ -66,14 +74,15 @@ class MLflowSeedCallback(Callback):
 
     def _finish(self, trial, error: str | None) -> None:
         c = trial.config
-        cid, seed = c["config_id"], int(c["seed"])
-        path = Path(self.experiment_dir) / RUNS_DIR / cid / f"seed{seed}" / RESULT_FILE
-        if path.is_file():
-            result = SeedResult.from_file(path, cid)
-        else:
-            result = _from_report(cid, seed, self._last.get(trial.trial_id, {}), error)
-        result.trial_id = trial.trial_id
-        self.tracker.seed_finished(cid, c.get("label") or cid, c.get("overrides") or {}, result)
+        cid = c["config_id"]
+        for seed in seeds_of(c):
+            path = Path(self.experiment_dir) / RUNS_DIR / cid / f"seed{seed}" / RESULT_FILE
+            if path.is_file():
+                result = SeedResult.from_file(path, cid)
+            else:
+                result = _from_report(cid, seed, self._last.get((trial.trial_id, seed), {}), error)
+            result.trial_id = trial.trial_id
+            self.tracker.seed_finished(cid, c.get("label") or cid, c.get("overrides") or {}, result)
 
 
 def _error_text(trial) -> str:
