@@ -55,9 +55,10 @@ def check_args(result_dir: Path, directions: str, points: int, span: float, radi
 
 def landscape(result_dir: str | Path, directions: str = "gradient", points: int = 11, span: float = 1.0,
               radius: float = 0.5, split: str = "train", max_examples: int | None = None, seed: int = 0,
-              out_dir: str | Path | None = None, data_dir: str | None = None) -> dict:
+              out_dir: str | Path | None = None, data_dir: str | None = None, progress: bool = True) -> dict:
     """Evaluate the loss surface around the prompt of one trained seed; write landscape.json and landscape.png."""
     import torch
+    from tqdm.auto import tqdm
     from safetensors.torch import load_file
 
     from ptray.config import config_from_dict
@@ -112,12 +113,14 @@ def landscape(result_dir: str | Path, directions: str = "gradient", points: int 
 
     coords = np.linspace(-span, span, points)
     losses = np.empty((points, points))
+    grid = [(i, j) for i in range(points) for j in range(points)]
     with torch.no_grad():
-        for i, a in enumerate(coords):
-            for j, b in enumerate(coords):
-                for v, t, x, y in zip(params, theta, d1, d2):
-                    v.copy_(t + float(a) * x + float(b) * y)
-                losses[i, j] = float(total_loss())
+        # points^2 full passes over the split: minutes on a CPU, so say how far it is (on stderr).
+        for i, j in tqdm(grid, desc=f"landscape {points}x{points} on {n} {split} examples", unit="point",
+                         disable=not progress):
+            for v, t, x, y in zip(params, theta, d1, d2):
+                v.copy_(t + float(coords[i]) * x + float(coords[j]) * y)
+            losses[i, j] = float(total_loss())
         for v, t in zip(params, theta):
             v.copy_(t)
 
