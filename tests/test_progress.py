@@ -60,3 +60,16 @@ def test_on_a_terminal_the_table_is_redrawn_in_place():
     text = out.getvalue()
     assert "vanilla" in text and "4/4" in text and "0.5500" in text and "ETA" in text
     assert text.count("\n") < 20  # redrawn, not appended line by line
+
+
+def test_the_view_survives_tunes_pickling_while_stdout_is_redirected(tmp_path):
+    # Tune pickles its callbacks into the experiment state while ptray sends stdout to DIR/logs/ray.log.
+    import pickle
+
+    import cloudpickle
+
+    with open(tmp_path / "ray.log", "w") as log:
+        view = LiveView("accuracy", total_of=lambda config: 4, stream=log, live=False)
+        view.on_trial_start(0, [], trial("vanilla", [0]))
+        restored = pickle.loads(cloudpickle.dumps(view))
+    assert restored.lines.keys() == view.lines.keys() and restored.stream is not None

@@ -54,6 +54,15 @@ class LiveView(tune.Callback):
         self.t0 = time.monotonic()
         self._rich = None
 
+    def __getstate__(self):
+        # Tune pickles its callbacks with the experiment state: not the console (an open file) or the live display.
+        return {**self.__dict__, "stream": None, "_rich": None}
+
+    def __setstate__(self, state):
+        # Restored by `--resume`: the process's own stdout (sys.stdout may be redirected to DIR/logs by then).
+        self.__dict__.update(state)
+        self.stream = sys.__stdout__
+
     # --- Tune's events --------------------------------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
         for seed in seeds_of(trial.config):

@@ -16,6 +16,7 @@ import sys
 import time
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlparse
@@ -211,6 +212,13 @@ def _fmt(resources: dict[str, float]) -> str:
     return ", ".join(f"{v:g} {k}" for k, v in resources.items())
 
 
+def _total_steps(spec: TrialSpec, n_train: int, trial_config: dict[str, Any]) -> int:
+    """A trial's training steps, for the live view's step/total and ETA."""
+    from ptray.core.train import total_steps
+
+    return total_steps(spec.experiment_config(trial_config, trial_config["seed"]), n_train, spec.workers)
+
+
 def _trial_dirname(trial) -> str:
     return f"{trial.config['config_id']}-seed{'-'.join(map(str, seeds_of(trial.config)))}-{trial.trial_id}"
 
@@ -307,7 +315,9 @@ class _Runner:
             callbacks = [ResultWriter(exp_dir, self.spec, self.plan.primary_metric, self.plan.scheduler_name),
                          MLflowSeedCallback(self.tracking_uri, meta["name"], exp_dir)]
             if self.console is not None:
-                callbacks.append(LiveView(self.plan.primary_metric, self._total_steps, self.console))
+                # What the view needs, without the runner (Tune pickles its callbacks; the runner holds the console).
+                total_of = partial(_total_steps, self.spec, self.n_train)
+                callbacks.append(LiveView(self.plan.primary_metric, total_of, self.console))
             tuner = tune.Tuner(
                 trainable, param_space=param_space,
                 # The searcher and scheduler carry the metric (selection/<primary>) themselves.
@@ -327,12 +337,6 @@ class _Runner:
 
     def _say(self, text: str) -> None:
         print(text, file=self.console or sys.stdout, flush=True)
-
-    def _total_steps(self, trial_config: dict[str, Any]) -> int:
-        from ptray.core.train import total_steps
-
-        cfg = self.spec.experiment_config(trial_config, trial_config["seed"])
-        return total_steps(cfg, self.n_train, self.spec.workers)
 
     def log_and_print(self) -> None:
         from ptray.tracking.mlflow_callback import log_experiment
