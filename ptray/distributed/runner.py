@@ -152,14 +152,24 @@ def connect(address: str | None, verbose: bool = False) -> bool:
 
 @contextmanager
 def _logs_to(path: Path, enabled: bool):
-    """Send this process's prints and log lines (Ray's banners and tables, Tune's and MLflow's notices: they write to
-    whatever sys.stdout / sys.stderr is when they print) to `path` while the block runs."""
+    """Send this process's prints and log lines (Ray's banners and tables, Tune's and MLflow's notices) to `path`
+    while the block runs: whatever writes to sys.stdout / sys.stderr, and the handlers Ray's logger set up on the
+    console when it was imported."""
     if not enabled:
         yield
         return
+    import logging
+
     path.parent.mkdir(parents=True, exist_ok=True)
+    ray_handlers = [h for h in logging.getLogger("ray").handlers
+                    if isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)]
     with open(path, "a", buffering=1) as log, redirect_stdout(log), redirect_stderr(log):
-        yield
+        consoles = [h.setStream(log) for h in ray_handlers]
+        try:
+            yield
+        finally:
+            for h, console in zip(ray_handlers, consoles):
+                h.setStream(console)
 
 
 def check_reachable(address: str, timeout: float = 3.0) -> None:
