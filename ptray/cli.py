@@ -115,6 +115,28 @@ def cmd_landscape(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from ptray.core.export import ExportError, check_export
+
+    try:
+        check_export(args.run_dir, args.format, args.out, args.overwrite)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from ptray.core.export import export
+
+    try:
+        info = export(args.run_dir, args.format, args.out, args.overwrite)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{info['method']} prompt of seed {info['run']['seed']} as PEFT {info['peft_type']} "
+          f"({info['task_type']}, {info['num_virtual_tokens']} virtual tokens) -> {args.out}")
+    print(f"load: PeftModel.from_pretrained({info['auto_class']}.from_pretrained(...), {str(args.out)!r}); "
+          f"scoring as ptray: {Path(args.out) / 'README.md'}")
+    return 0
+
+
 def cmd_tune(args) -> int:
     from ptray.distributed.runner import run_experiment
 
@@ -169,6 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="output folder (default RESULT_DIR/landscape)")
     p.add_argument("--data-dir", help="task data folder, if not where the run found it")
     p.set_defaults(func=cmd_landscape)
+
+    what = "a trained seed's prompt as a folder another library loads (--format peft: PeftModel.from_pretrained)"
+    p = sub.add_parser("export", help=what, description=what + "; OUT/README.md says how to score as ptray does")
+    p.add_argument("run_dir", help="a seed's folder holding result.json and adapter.safetensors")
+    p.add_argument("out", help="output folder (new or empty)")
+    # Checked by the command, not by choices, so a wrong format is one `error:` line like every other bad input.
+    p.add_argument("--format", required=True, help="peft: Hugging Face PEFT prompt or prefix tuning")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder, replacing a "
+                                                            "previous export's files")
+    p.set_defaults(func=cmd_export)
     return parser
 
 
