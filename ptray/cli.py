@@ -71,10 +71,9 @@ def cmd_report(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    import subprocess
-
     from ptray.tracking.results import read_experiment_json
     from ptray.tracking.store import DB_FILE, resolve_tracking_uri
+    from ptray.tracking.ui import port_free, serve
 
     try:
         meta = read_experiment_json(args.dir)
@@ -89,13 +88,17 @@ def cmd_ui(args) -> int:
         print(f"error: no MLflow store at {Path(args.dir) / DB_FILE}; `ptray report {args.dir}` logs the folder",
               file=sys.stderr)
         return 2
-    print(f"MLflow UI for {meta.get('name')} ({uri}): http://127.0.0.1:{args.port}  (Ctrl-C stops it)", flush=True)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-           "--port", str(args.port), "--workers", "1"]
-    try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
-        return 0
+    if not port_free("127.0.0.1", args.port):
+        print(f"error: port {args.port} on 127.0.0.1 is already in use; pass --port with a free one",
+              file=sys.stderr)
+        return 2
+    import mlflow
+
+    experiment = mlflow.MlflowClient(uri).get_experiment_by_name(meta.get("name"))
+    page = f"#/experiments/{experiment.experiment_id}" if experiment else ""
+    print(f"MLflow UI for {meta.get('name')} ({uri}): http://127.0.0.1:{args.port}/{page}  (Ctrl-C stops it)",
+          flush=True)
+    return serve(uri, "127.0.0.1", args.port)
 
 
 def cmd_landscape(args) -> int:

@@ -1,8 +1,10 @@
 """Where `ptray train` writes when no --output is given (never inside a `ptray tune` experiment folder), and
-`ptray landscape` saying how far it is."""
+`ptray landscape` saying how far it is, and `ptray ui` owning its MLflow server."""
 import json
 import subprocess
 import sys
+
+import pytest
 
 from conftest import REPO
 
@@ -40,3 +42,64 @@ def test_train_default_output_sits_beside_tune_experiments(tmp_path, data_dir):
     assert p.returncode == 0, p.stderr[-2000:]
     assert "landscape 3x3 on 8 train examples" in p.stderr and "9/9" in p.stderr
     assert (run / "landscape" / "landscape.json").is_file()
+
+
+def _store(folder):
+    """An experiment folder with an MLflow store that holds the experiment, as `ptray tune` leaves it."""
+    import mlflow
+
+    folder.mkdir(parents=True)
+    (folder / "experiment.json").write_text(json.dumps({"name": "uitest", "configs": {}, "config": {}}))
+    return mlflow.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").create_experiment("uitest")
+
+
+def _listening(port):
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_ui_stops_its_server_when_it_is_terminated(tmp_path):
+    import signal
+    import socket
+    import time
+
+    experiment_id = _store(tmp_path / "exp")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ui = subprocess.Popen([sys.executable, "-m", "ptray.cli", "ui", str(tmp_path / "exp"), "--port", str(port)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 180
+        while not _listening(port):
+            assert ui.poll() is None and time.monotonic() < deadline, ui.stderr.read()[-2000:]
+            time.sleep(1)
+        ui.send_signal(signal.SIGTERM)
+        assert ui.wait(timeout=30) == 0
+        assert f"http://127.0.0.1:{port}/#/experiments/{experiment_id}" in ui.stdout.read()
+        deadline = time.monotonic() + 15
+        while _listening(port):  # the server and its workers go with it
+            assert time.monotonic() < deadline, f"port {port} still answers after ptray ui stopped"
+            time.sleep(0.5)
+    finally:
+        if ui.poll() is None:
+            ui.kill()
+
+
+def test_ui_refuses_a_port_in_use(tmp_path):
+    import socket
+
+    _store(tmp_path / "exp")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        p = subprocess.run([sys.executable, "-m", "ptray.cli", "ui", str(tmp_path / "exp"), "--port", str(port)],
+                           capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert p.returncode == 2 and f"port {port} on 127.0.0.1 is already in use" in p.stderr
