@@ -121,7 +121,6 @@ def peft_report_scores(out, batch):
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in CASES])
 def test_peft_loads_the_export_and_predicts_as_ptray(case, trained, tiny_models, tmp_path, capsys):
-    pytest.importorskip("peft")
     model_key, _, kind, _ = CASES[case]
     run = trained(case)
     out = tmp_path / "export"
