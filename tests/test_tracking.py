@@ -176,6 +176,22 @@ def test_log_experiment_structure_and_idempotence(experiment):
     parent = client.get_run(ok.data.tags["mlflow.parentRunId"])
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "figures")} == \
         {"figures/seeds.png", "figures/selection_curve.png", "figures/loss_curve.png"}
+    # The UI opens on training runs (MLflow 3 shows an experiment of unknown kind as GenAI traces), with short names.
+    experiment_tags = client.get_experiment(parent.info.experiment_id).tags
+    assert experiment_tags["mlflow.experimentKind"] == "custom_model_development"
+    assert parent.info.run_name == "num_tokens=4" and ok.info.run_name == "num_tokens=4 seed 1"
+    # The adapter to take away: the config with the best mean selection score (a failed or missing seed counts 0),
+    # and its best seed.
+    exp = load_experiment(experiment)
+    score = {(c.config_id, r.seed): r.selection["accuracy"] if r.ok else 0.0 for c in exp.configs.values()
+             for r in c.seeds}
+    best_cid = max(exp.configs, key=lambda c: np.mean([score[c, s] for s in SEEDS]))
+    best_seed = max(SEEDS, key=lambda s: score[best_cid, s])
+    parents = _runs(client, parent.info.experiment_id)[1]
+    assert parents[best_cid].data.tags["ptray.best"] == f"{best_cid}/seed{best_seed}"
+    assert {a.path for a in client.list_artifacts(parents[best_cid].info.run_id, "best_adapter")} == \
+        {"best_adapter/adapter.safetensors", "best_adapter/result.json"}
+    assert sum("ptray.best" in p.data.tags for p in parents.values()) == 1
     # Artifacts live beside the store, not in the working directory's ./mlruns.
     assert client.get_experiment(parent.info.experiment_id).artifact_location == (experiment / "mlartifacts").as_uri()
 

@@ -29,6 +29,7 @@ from ptray.tracking.results import (
 )
 
 DB_FILE = "mlflow.db"
+EXPERIMENT_KIND = "mlflow.experimentKind"
 ARTIFACTS_DIR = "mlartifacts"
 # MLflow refuses longer tag values (8000 in MLflow 3); a traceback's head says enough.
 _MAX_TAG = 5000
@@ -74,10 +75,14 @@ class Tracker:
     def _experiment(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
+            if EXPERIMENT_KIND not in exp.tags:  # stores written before ptray set the kind
+                self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, "custom_model_development")
             return exp.experiment_id
         # A local SQLite store would otherwise put artifacts in ./mlruns of whatever folder the command ran in.
         location = (self.dir / ARTIFACTS_DIR).as_uri() if self.uri.startswith("sqlite:") else None
-        return self.client.create_experiment(name, artifact_location=location, tags={"ptray.dir": str(self.dir)})
+        # MLflow 3's UI opens an experiment of unknown kind on its GenAI/traces view; these are training runs.
+        return self.client.create_experiment(name, artifact_location=location,
+                                             tags={"ptray.dir": str(self.dir), EXPERIMENT_KIND: "custom_model_development"})
 
     def _find(self, **tags: str) -> str | None:
         # Runs are keyed by tags, not names, so a resumed sweep or a second log_experiment reuses them. The folder
@@ -92,7 +97,7 @@ class Tracker:
             if run_id is None:
                 tags = {"ptray.role": "parent", "ptray.dir": str(self.dir), "ptray.config_id": config_id,
                         "ptray.label": label, "ptray.overrides": json.dumps(overrides, sort_keys=True)}
-                run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=label).info.run_id
+                run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=run_name(overrides)).info.run_id
                 self._add_params(run_id, self._params(overrides))
             self._parents[config_id] = run_id
         return self._parents[config_id]
@@ -106,7 +111,7 @@ class Tracker:
                         "ptray.dir": str(self.dir), "ptray.config_id": config_id, "ptray.seed": str(seed),
                         "ptray.label": label}
                 run_id = self.client.create_run(self.experiment_id, tags=tags,
-                                                run_name=f"{label} seed{seed}").info.run_id
+                                                run_name=f"{run_name(overrides)} seed {seed}").info.run_id
                 self._add_params(run_id, {**self._params(overrides), "train.seed": seed})
             self._children[key] = run_id
         if trial_id:
@@ -239,6 +244,41 @@ class Tracker:
             figures = config_figures(c, exp.dir / "report" / "configs" / c.config_id)
             self.log_artifacts(c.config_id, figures, "figures")
             self.client.set_terminated(self.parent(c.config_id, c.label, c.overrides), "FINISHED")
+        self._log_best_adapter(exp)
+
+    def _log_best_adapter(self, exp) -> None:
+        """The adapter a user would take away: of the config with the best mean selection score over its seeds,
+        the seed with the best selection score, with its result.json (the full config), as `best_adapter/` of that
+        config's parent run (tagged ptray.best). Chosen on the selection split only, never the report split."""
+        def score(r):  # as `ptray tune` ranks configs: a failed seed scores 0 (failing is not robust)
+            value = r.selection.get(r.raw.get("primary_metric") or "accuracy", math.nan)
+            return value if r.ok and math.isfinite(value) else 0.0
+
+        ranked = [c for c in exp.configs.values() if any(r.ok for r in c.seeds)]
+        if not ranked:
+            return
+        config = max(ranked, key=lambda c: sum(map(score, c.seeds)) / len(c.seeds))
+        best = max(config.seeds, key=score)
+        adapter = best.path.parent / "adapter.safetensors" if best.path is not None else None
+        if adapter is None or not adapter.is_file():
+            return
+        chosen = f"{config.config_id}/seed{best.seed}"
+        for c in exp.configs.values():
+            run_id = self.parent(c.config_id, c.label, c.overrides)
+            tags = self.client.get_run(run_id).data.tags
+            if c is config and tags.get("ptray.best") != chosen:
+                self.client.log_artifact(run_id, str(adapter), "best_adapter")
+                self.client.log_artifact(run_id, str(best.path), "best_adapter")
+                self.client.set_tag(run_id, "ptray.best", chosen)
+            elif c is not config and "ptray.best" in tags:
+                self.client.delete_tag(run_id, "ptray.best")
+
+
+def run_name(overrides: dict) -> str:
+    """A short run name for the MLflow UI's run list (the full label is the ptray.label tag): each searched value
+    without its section, a `.name` key by its value alone (`residual, num_tokens=10`)."""
+    parts = [str(v) if k.endswith(".name") else f"{k.rsplit('.', 1)[-1]}={v}" for k, v in overrides.items()]
+    return ", ".join(parts) or "base"
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
