@@ -56,6 +56,9 @@ def test_grid_search_then_confirm_on_fresh_seeds(data_dir, tmp_path):
     for ray_text in ("Configuration for experiment", "View detailed results", "Trial status", "TensorBoard"):
         assert ray_text not in p.stdout and ray_text not in p.stderr
     assert "Configuration for experiment" in (out / "logs" / "ray.log").read_text()
+    # Each trial's own output, the search's and the confirmation's.
+    trial_logs = list((out / "logs" / "trials").glob("*.log"))
+    assert len(trial_logs) == 4 + len(confirm["configs"]) and all(log.stat().st_size > 0 for log in trial_logs)
 
 
 @pytest.mark.slow

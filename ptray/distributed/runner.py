@@ -29,7 +29,7 @@ from ptray.distributed.trial import (EXPERIMENT_FILE, RESULT_FILE, ResultWriter,
                                      seeds_of, write_json)
 
 CONFIRM_DIR = "confirm"
-LOG_DIR = "logs"  # Ray's own log lines (driver side), unless --verbose shows them
+LOG_DIR = "logs"  # Ray's own log lines (ray.log) and each trial's output (trials/), unless --verbose shows them
 INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C
 
 
@@ -59,7 +59,8 @@ def run_experiment(config: str | Path | None = None, output: str | Path | None =
                              cpus_per_worker=plan.tune.resources.cpus_per_worker,
                              gpus_per_worker=plan.tune.resources.gpus_per_worker,
                              train_storage=f"{storage.rstrip('/')}/train",
-                             keep_checkpoints=plan.tune.keep_checkpoints)
+                             keep_checkpoints=plan.tune.keep_checkpoints,
+                             log_dir="" if verbose else str((exp_dir / LOG_DIR / "trials").resolve()))
             runner = _Runner(plan, spec, exp_dir, storage, at_once, None if verbose else console,
                              n_train=len(prepared.train))
             finished = runner.search()

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import sys
 import tempfile
 import threading
 import uuid
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,7 @@ class TrialSpec:
     gpus_per_worker: float
     train_storage: str  # where multi-worker trials keep their Ray Train runs
     keep_checkpoints: int
+    log_dir: str = ""  # each trial's output (prints, warnings, DeepSpeed's C++ lines) in <log_dir>/<trial>.log
 
     def experiment_config(self, config: dict[str, Any], seed: int) -> ExperimentConfig:
         values = {k: config[k] for k in self.keys}
@@ -132,7 +135,8 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     `--resume`, or a PBT exploit of another member's state)."""
     cfgs = [spec.experiment_config(config, seed) for seed in seeds_of(config)]
     checkpoint = tune.get_checkpoint()
-    with checkpoint.as_directory() if checkpoint else nullcontext() as resume:
+    log = Path(spec.log_dir) / f"{tune.get_context().get_trial_name()}.log" if spec.log_dir else None
+    with output_to(log), checkpoint.as_directory() if checkpoint else nullcontext() as resume:
         if resume is not None and (Path(resume) / f"seed{config['seed']}" / RESULT_FILE).is_file():
             # Finished before an interruption: say so again, train nothing.
             results = [json.loads((Path(resume) / f"seed{s}" / RESULT_FILE).read_text()) for s in seeds_of(config)]
@@ -142,6 +146,30 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
             _train_with_workers(cfgs[0], identity(config), spec, checkpoint)
         else:
             _train_here(cfgs, config, resume)
+
+
+@contextmanager
+def output_to(path: Path | None):
+    """This process's stdout and stderr, at the file-descriptor level (C++ extensions print there too), appended to
+    `path` while the block runs (None: left as they are)."""
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(path, "a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, original in zip((1, 2), saved):
+                os.dup2(original, fd)
+                os.close(original)
 
 
 def _train_here(cfgs: list[ExperimentConfig], config: dict[str, Any], resume: str | None) -> None:
