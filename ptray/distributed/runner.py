@@ -9,8 +9,10 @@ experiment.json, runs/<config_id>/seed<N>/, ray/ (Tune storage), confirm/ (an ex
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -29,6 +31,7 @@ from ptray.distributed.trial import (EXPERIMENT_FILE, RESULT_FILE, ResultWriter,
                                      seeds_of, write_json)
 
 CONFIRM_DIR = "confirm"
+LOCK_FILE = ".ptray.lock"
 LOG_DIR = "logs"  # Ray's own log lines (ray.log) and each trial's output (trials/), unless --verbose shows them
 INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C
 
@@ -37,7 +40,15 @@ def run_experiment(config: str | Path | None = None, output: str | Path | None =
                    address: str | None = None, resume: str | Path | None = None, verbose: bool = False) -> int:
     """Run (or continue) an experiment; returns the process exit code (0, or INTERRUPTED). The console shows
     ptray's live view of the seeds; Ray's own output goes to DIR/logs/ (and to the console too with `verbose`)."""
-    exp_dir, cfg = _experiment(config, output, list(overrides), resume)
+    if resume is None and config is None:
+        raise ConfigError("ptray tune needs a config file (or --resume DIR)")
+    exp_dir = Path(resume) if resume is not None else Path(output or Path("outputs") / Path(config).stem)
+    with owning(exp_dir):
+        return _run(exp_dir, config, list(overrides), address, resume, verbose)
+
+
+def _run(exp_dir: Path, config, overrides: list[str], address, resume, verbose: bool) -> int:
+    exp_dir, cfg = _experiment(exp_dir, config, overrides, resume)
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         check_reachable(address)
@@ -78,9 +89,41 @@ def run_experiment(config: str | Path | None = None, output: str | Path | None =
     return 0
 
 
-def _experiment(config, output, overrides, resume) -> tuple[Path, ExperimentConfig]:
+@contextmanager
+def owning(exp_dir: Path):
+    """One owner per experiment folder: an OS lock on DIR/.ptray.lock (holding the owner's PID), taken before Ray
+    starts and held to the end. The OS drops it when its process dies, so a killed run's lock is simply taken over.
+    A folder made here for a run that then fails before writing experiment.json is removed again."""
+    created = not exp_dir.exists()
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    path = exp_dir / LOCK_FILE
+    lock = open(path, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        owner = lock.read().strip() or "unknown"
+        lock.close()
+        raise ConfigError(f"{exp_dir} is in use by another `ptray tune` (PID {owner}); wait for it to end, stop it "
+                          "(Ctrl-C; then `ptray tune --resume` continues it), or choose another --output") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+        if not (exp_dir / EXPERIMENT_FILE).exists():  # no experiment came of it: leave the folder as it was
+            if created:
+                shutil.rmtree(exp_dir, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _experiment(exp_dir: Path, config, overrides, resume) -> tuple[Path, ExperimentConfig]:
     if resume is not None:
-        exp_dir = Path(resume)
         meta_path = exp_dir / EXPERIMENT_FILE
         if not meta_path.is_file():
             raise ConfigError(f"--resume {exp_dir}: not a ptray experiment folder ({EXPERIMENT_FILE} is missing); "
@@ -89,10 +132,7 @@ def _experiment(config, output, overrides, resume) -> tuple[Path, ExperimentConf
             raise ConfigError("--resume continues an experiment exactly as it started: give only the folder "
                               f"(its config is in {meta_path})")
         return exp_dir, config_from_dict(json.loads(meta_path.read_text())["config"], str(meta_path))
-    if config is None:
-        raise ConfigError("ptray tune needs a config file (or --resume DIR)")
     cfg = load_config(config, overrides)
-    exp_dir = Path(output or Path("outputs") / Path(config).stem)
     if (exp_dir / EXPERIMENT_FILE).exists():
         raise ConfigError(f"{exp_dir} already holds an experiment: continue it with `ptray tune --resume {exp_dir}` "
                           "or choose another --output")
