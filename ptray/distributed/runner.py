@@ -71,7 +71,8 @@ def _run(exp_dir: Path, config, overrides: list[str], address, resume, verbose: 
                              gpus_per_worker=plan.tune.resources.gpus_per_worker,
                              train_storage=f"{storage.rstrip('/')}/train",
                              keep_checkpoints=plan.tune.keep_checkpoints,
-                             log_dir="" if verbose else str((exp_dir / LOG_DIR / "trials").resolve()))
+                             log_dir="" if verbose else str((exp_dir / LOG_DIR / "trials").resolve()),
+                             experiment_dir=str(exp_dir.resolve()))
             runner = _Runner(plan, spec, exp_dir, storage, at_once, None if verbose else console,
                              n_train=len(prepared.train))
             finished = runner.search()
@@ -290,8 +291,7 @@ class _Runner:
             if self.plan.tune.resolved_searcher() == "optuna":
                 searcher, count = self.plan.model_searcher()
             else:
-                trials = self.plan.search_trials()
-                searcher, count = ListSearcher(trials), len(trials)
+                return self._tune_list("search", self.plan.search_trials(), self.plan.scheduler(), self.dir)
             return self._tune("search", searcher, count, self.plan.scheduler(), self.dir)
         # PBT / PB2: a population per (grid cell, seed), one after the other; each ends with its best member.
         finished = True
@@ -320,7 +320,19 @@ class _Runner:
             _write_experiment(self.confirm_dir, self.plan, f"{self.plan.tune.name}-confirm", fresh, chosen,
                               self.plan.baseline_config_id())
         trials = [trial_config(o, pack) for pack in self.plan.packs(fresh) for o in chosen]
-        return self._tune("confirm", ListSearcher(trials), len(trials), None, self.confirm_dir)
+        return self._tune_list("confirm", trials, None, self.confirm_dir)
+
+    def _tune_list(self, name: str, trials: list[dict[str, Any]], scheduler, exp_dir: Path) -> bool:
+        """A fixed list of trials; result.json is the truth of what ran. A trial that Tune's saved state lost (a
+        driver killed between handing out a trial and recording it) is run again in a Tuner of its own."""
+        if not self._tune(name, ListSearcher(trials), len(trials), scheduler, exp_dir):
+            return False
+        lost = [t for t in trials if any(not (run_dir(exp_dir, t["config_id"], s) / RESULT_FILE).is_file()
+                                         for s in seeds_of(t))]
+        if not lost:
+            return True
+        self._say(f"{name}: {len(lost)} trial(s) without a result (lost from Tune's state); running them again")
+        return self._tune(f"{name}-rerun", ListSearcher(lost), len(lost), scheduler, exp_dir)
 
     def ranking(self) -> list[tuple[float, dict[str, Any]]]:
         """Configs by their mean selection score over the search seeds (best first)."""

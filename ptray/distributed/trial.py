@@ -37,6 +37,7 @@ from ptray.distributed.search import with_values
 
 RESULT_FILE = "result.json"  # the core's names (ptray.core.train); the driver side stays free of torch
 ADAPTER_FILE = "adapter.safetensors"
+ALREADY_FILED = "already_filed"  # a trial's last report when its seeds' results were filed before it ran
 EXPERIMENT_FILE = "experiment.json"
 RUNS_DIR = "runs"
 
@@ -53,6 +54,22 @@ class TrialSpec:
     train_storage: str  # where multi-worker trials keep their Ray Train runs
     keep_checkpoints: int
     log_dir: str = ""  # each trial's output (prints, warnings, DeepSpeed's C++ lines) in <log_dir>/<trial>.log
+    # The experiment folder, where the trial looks for results already filed (on a cluster, where its node sees it).
+    experiment_dir: str = ""
+
+    def filed_results(self, config: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """Every seed's final result.json of this trial, if all are filed already (a resume of a killed driver may
+        hand out a finished trial again: it must not train, overwrite or log twice)."""
+        if not self.experiment_dir:
+            return None
+        paths = [run_dir(Path(self.experiment_dir), config["config_id"], s) / RESULT_FILE for s in seeds_of(config)]
+        if not all(p.is_file() for p in paths):
+            return None
+        try:
+            results = [json.loads(p.read_text()) for p in paths]
+        except (OSError, json.JSONDecodeError):
+            return None  # unreadable: train again and file it anew
+        return results if all(r.get("status") in ("ok", "failed", "stopped") for r in results) else None
 
     def experiment_config(self, config: dict[str, Any], seed: int) -> ExperimentConfig:
         values = {k: config[k] for k in self.keys}
@@ -136,6 +153,11 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     cfgs = [spec.experiment_config(config, seed) for seed in seeds_of(config)]
     checkpoint = tune.get_checkpoint()
     log = Path(spec.log_dir) / f"{tune.get_context().get_trial_name()}.log" if spec.log_dir else None
+    filed = spec.filed_results(config)
+    if filed is not None:
+        for seed, result in zip(seeds_of(config), filed):
+            tune.report({**final_metrics({**identity(config), "seed": seed}, result, 0), ALREADY_FILED: True})
+        return
     with output_to(log), checkpoint.as_directory() if checkpoint else nullcontext() as resume:
         if resume is not None and (Path(resume) / f"seed{config['seed']}" / RESULT_FILE).is_file():
             # Finished before an interruption: say so again, train nothing.
@@ -307,6 +329,8 @@ class ResultWriter(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
+        if last.get(ALREADY_FILED):
+            return  # its seeds were filed by an earlier run of the experiment: keep them as they are
         if last.get("done_ptray") and trial.checkpoint is not None:
             self._copy_final(trial)
         else:
