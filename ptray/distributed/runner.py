@@ -283,6 +283,7 @@ class _Runner:
 
         self.plan, self.spec, self.dir, self.storage, self.at_once = plan, spec, exp_dir, storage, at_once
         self.console, self.n_train = console, n_train
+        self._interrupted = False  # whether the last Tuner was stopped before its trials ended
         self.tracking_uri = resolve_tracking_uri(exp_dir, plan.base)
         self.confirm_dir = exp_dir / CONFIRM_DIR
 
@@ -325,7 +326,9 @@ class _Runner:
     def _tune_list(self, name: str, trials: list[dict[str, Any]], scheduler, exp_dir: Path) -> bool:
         """A fixed list of trials; result.json is the truth of what ran. A trial that Tune's saved state lost (a
         driver killed between handing out a trial and recording it) is run again in a Tuner of its own."""
-        if not self._tune(name, ListSearcher(trials), len(trials), scheduler, exp_dir):
+        if self._tune(name, ListSearcher(trials), len(trials), scheduler, exp_dir):
+            return True
+        if self._interrupted:
             return False
         lost = [t for t in trials if any(not (run_dir(exp_dir, t["config_id"], s) / RESULT_FILE).is_file()
                                          for s in seeds_of(t))]
@@ -396,6 +399,9 @@ class _Runner:
         grid = tuner.fit()
         ended = grid.num_terminated + grid.num_errors
         self._say(f"{name}: {ended}/{count} trials ended in {time.perf_counter() - t0:.0f}s")
+        # Interrupted (Ctrl-C): some trial Tune knows did not end. Every known trial ended but fewer than `count`:
+        # the searcher's saved state ran ahead of the trials it recorded (a driver killed in between).
+        self._interrupted = ended < len(grid)
         return ended >= count
 
     def _say(self, text: str) -> None:
