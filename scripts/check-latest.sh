@@ -39,10 +39,15 @@ summary=$(tail -n 1 "$venv/pytest.log")
   echo
   echo "Fast tests (\`pytest -m \"not slow\"\`) on the newest releases: **$([[ $rc == 0 ]] && echo passed || echo FAILED)** ($summary)."
   echo
-  echo "| package | lock | newest |"
-  echo "|---|---|---|"
-  join -i -t= -a2 -e "-" -o 0,1.2,2.2 <(sort -f requirements/lock.txt | grep '==') "$latest" \
-    | awk -F= '$2 != $3 {printf "| %s | %s | %s |\n", $1, $2, $3}'
+  moved=$(join -i -t= -a2 -e "-" -o 0,1.2,2.2 <(sort -f requirements/lock.txt | grep '==') "$latest" \
+    | awk -F= '$2 != $3 {printf "| %s | %s | %s |\n", $1, $2, $3}')
+  if [[ -z "$moved" ]]; then
+    echo "No package moved: the newest releases are the locked ones."
+  else
+    echo "| package | lock | newest |"
+    echo "|---|---|---|"
+    echo "$moved"
+  fi
   if [[ $rc != 0 ]]; then
     echo
     echo "Failures:"
