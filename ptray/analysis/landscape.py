@@ -26,16 +26,9 @@ DIRECTIONS = ("gradient", "random")
 
 def check_args(result_dir: Path, directions: str, points: int, span: float, radius: float, split: str) -> dict:
     """Every check that needs no model, so a typo fails in a second. Returns the result.json."""
-    f = result_dir / "result.json"
-    if not f.is_file():
-        raise ValueError(f"{result_dir} holds no result.json: pass a seed's folder written by `ptray train` or "
-                         f"`ptray tune` (DIR/runs/<config_id>/seed<N>)")
-    result = json.loads(f.read_text())
-    if result.get("status") != "ok":
-        raise ValueError(f"{result_dir}: seed {result.get('seed')} failed ({result.get('reason')}); "
-                         f"it has no trained prompt to look around")
-    if not (result_dir / "adapter.safetensors").is_file():
-        raise ValueError(f"{result_dir} holds no adapter.safetensors (the trained prompt)")
+    from ptray.core.export import trained_result
+
+    result = trained_result(result_dir, "look around")
     if directions not in DIRECTIONS:
         raise ValueError(f"directions {directions!r}: allowed {', '.join(DIRECTIONS)}")
     if split not in SPLITS:

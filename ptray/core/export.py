@@ -72,21 +72,31 @@ def peft_type(method: dict, family: str) -> str:
     raise ExportError(f"method {name}: no PEFT export is known for it")
 
 
+def trained_result(run_dir: Path, use: str) -> dict:
+    """result.json of a seed's folder that holds a trained prompt (ValueError naming what is missing otherwise):
+    what `ptray export` and `ptray landscape` start from."""
+    f = run_dir / RESULT_FILE
+    if not f.is_file():
+        raise ValueError(f"{run_dir} holds no {RESULT_FILE}: pass a seed's folder written by `ptray train` or "
+                         f"`ptray tune` (DIR/runs/<config_id>/seed<N>)")
+    result = json.loads(f.read_text())
+    if result.get("status") != "ok":
+        raise ValueError(f"{run_dir}: seed {result.get('seed')} failed ({result.get('reason')}); it has no trained "
+                         f"prompt to {use}")
+    if not (run_dir / ADAPTER_FILE).is_file():
+        raise ValueError(f"{run_dir} holds no {ADAPTER_FILE} (the trained prompt); the run ended before saving it")
+    return result
+
+
 def check_export(run_dir: str | Path, fmt: str, out: str | Path, overwrite: bool = False) -> dict:
     """Every check that needs no model, so bad input fails in a second. Returns the run's result.json."""
     run_dir, out = Path(run_dir), Path(out)
     if fmt not in FORMATS:
         raise ExportError(f"format {fmt!r} is not known; allowed: {', '.join(FORMATS)}")
-    f = run_dir / RESULT_FILE
-    if not f.is_file():
-        raise ExportError(f"{run_dir} holds no {RESULT_FILE}: pass a seed's folder written by `ptray train` or "
-                          f"`ptray tune` (DIR/runs/<config_id>/seed<N>)")
-    result = json.loads(f.read_text())
-    if result.get("status") != "ok":
-        raise ExportError(f"{run_dir}: seed {result.get('seed')} failed ({result.get('reason')}); it has no trained "
-                          f"prompt to export")
-    if not (run_dir / ADAPTER_FILE).is_file():
-        raise ExportError(f"{run_dir} holds no {ADAPTER_FILE} (the trained prompt); the run ended before saving it")
+    try:
+        result = trained_result(run_dir, "export")
+    except ValueError as e:
+        raise ExportError(str(e)) from None
     peft_type(result.get("config", {}).get("method", {}), result.get("family"))
     if out.exists() and not out.is_dir():
         raise ExportError(f"output {out} is a file; give a folder")
