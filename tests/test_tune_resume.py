@@ -51,3 +51,24 @@ def test_resume_after_interrupt_runs_only_what_is_left(data_dir, tmp_path):
     again = run_ptray("tune", "--resume", out)  # nothing left: it only prints the table
     assert again.returncode == 0 and "search: 3/3 trials ended" in again.stdout
     assert {k: v["trial_id"] for k, v in results(out).items()} == {k: v["trial_id"] for k, v in found.items()}
+
+
+def test_ctrl_c_is_noted_and_passed_to_tune_as_sigusr1():
+    """The runner's only sure sign of a Ctrl-C (Tune marks the trials it stops TERMINATED): the first press is noted
+    and handed to Tune's SIGUSR1 handler; a second press, or one before Tune listens, stops at once."""
+    import os
+
+    from ptray.distributed.runner import _ctrl_c_stops_tune
+
+    heard = []
+    with _ctrl_c_stops_tune() as stopped:
+        with pytest.raises(KeyboardInterrupt):  # Tune has not set up its handler yet
+            os.kill(os.getpid(), signal.SIGINT)
+        assert not stopped.is_set()
+        signal.signal(signal.SIGUSR1, lambda *_: heard.append("usr1"))  # what Tune does when it starts
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stopped.is_set() and heard == ["usr1"]
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert os.environ.get("TUNE_DISABLE_SIGINT_HANDLER") is None

@@ -13,8 +13,10 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from datetime import datetime, timezone
@@ -275,6 +277,37 @@ def _trial_dirname(trial) -> str:
     return f"{trial.config['config_id']}-seed{'-'.join(map(str, seeds_of(trial.config)))}-{trial.trial_id}"
 
 
+@contextmanager
+def _ctrl_c_stops_tune():
+    """While Tune runs: the first Ctrl-C is noted and passed on as SIGUSR1, on which Tune stops its trials and saves
+    its state for `--resume` (as it would on SIGINT, but ptray then knows it happened); a second one stops at once."""
+    stopped = threading.Event()
+
+    def on_ctrl_c(signum, frame):
+        # Before Tune has set up its handler (SIGUSR1 still at its default, which kills), stop as Python would.
+        if stopped.is_set() or signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL:
+            raise KeyboardInterrupt
+        stopped.set()
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach only the main thread
+        yield stopped
+        return
+    # Tune's SIGUSR1 handler from an earlier Tuner in this process would set that Tuner's event: start from the default.
+    before = signal.signal(signal.SIGINT, on_ctrl_c), signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    disabled = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Tune keeps its hands off SIGINT and listens on SIGUSR1
+    try:
+        yield stopped
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGUSR1, before[1])
+        if disabled is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER")
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = disabled
+
+
 class _Runner:
     def __init__(self, plan: SearchPlan, spec: TrialSpec, exp_dir: Path, storage: str, at_once: int,
                  console: TextIO | None, n_train: int):
@@ -396,13 +429,17 @@ class _Runner:
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=self.plan.tune.keep_checkpoints)),
             )
         t0 = time.perf_counter()
-        grid = tuner.fit()
+        with _ctrl_c_stops_tune() as stopped:
+            grid = tuner.fit()
+        # Tune marks the trials it stops on Ctrl-C TERMINATED, so only the signal itself tells an interrupted run
+        # from one whose searcher ran ahead of the trials it recorded (a driver killed in between: `_tune_list`).
+        self._interrupted = stopped.is_set()
         ended = grid.num_terminated + grid.num_errors
-        self._say(f"{name}: {ended}/{count} trials ended in {time.perf_counter() - t0:.0f}s")
-        # Interrupted (Ctrl-C): some trial Tune knows did not end. Every known trial ended but fewer than `count`:
-        # the searcher's saved state ran ahead of the trials it recorded (a driver killed in between).
-        self._interrupted = ended < len(grid)
-        return ended >= count
+        if self._interrupted:
+            self._say(f"{name}: interrupted after {time.perf_counter() - t0:.0f}s")
+        else:
+            self._say(f"{name}: {ended}/{count} trials ended in {time.perf_counter() - t0:.0f}s")
+        return ended >= count and not self._interrupted
 
     def _say(self, text: str) -> None:
         print(text, file=self.console or sys.stdout, flush=True)
