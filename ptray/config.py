@@ -21,21 +21,32 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-def default_data_dir() -> str:
-    # The FewGLUE folder sits beside the project at ../shared/data here; PTRAY_DATA_DIR points elsewhere.
-    return os.environ.get("PTRAY_DATA_DIR", "../shared/data/superglue")
+def default_data_dir(collection: str = "superglue") -> str:
+    """Where a task's collection of the shared data is by default. The FewGLUE folder sits beside the project at
+    ../shared/data/superglue; PTRAY_DATA_DIR points at it elsewhere. The other collections (sentence, superglue-full)
+    are its siblings, so one variable finds them all."""
+    fewglue = Path(os.environ.get("PTRAY_DATA_DIR", "../shared/data/superglue"))
+    return str(fewglue if collection == "superglue" else fewglue.parent / collection)
 
 
 class TaskConfig(_Strict):
     name: str = "rte"
-    data_dir: str = Field(default_factory=default_data_dir, validate_default=True)
+    # data_dir, selection_split and report_split default to the task's own (its Task class: the folder of its
+    # collection, its split names); _task_defaults fills them in.
+    data_dir: str
     train_split: str = "train"
-    selection_split: str = "dev32"
-    report_split: str = "val"
+    selection_split: str
+    report_split: str
     max_seq_length: int = Field(256, ge=8)
-    # Caps for quick runs and tests; None uses the whole split.
+    # Caps for quick runs and tests; None uses the whole split. With k_shot, max_eval_examples caps the report split
+    # only (the selection set is the k-shot selection sample).
     max_train_examples: int | None = Field(None, ge=1)
     max_eval_examples: int | None = Field(None, ge=1)
+    # The few-shot protocol (LM-BFF, Gao et al. 2021): k_shot training examples per class drawn from train_split, and
+    # k_shot selection examples per class drawn from selection_split (disjoint from the training sample where that is
+    # the same split). sample_seed draws both; unset, it is train.seed (see ExperimentConfig.source_seeds).
+    k_shot: int | None = Field(None, ge=1)
+    sample_seed: int | None = None
     # Custom tasks (name: custom): files per split, the text fields, the label column and label set.
     data_files: dict[str, str] | None = None
     text_fields: list[str] | None = None
@@ -45,6 +56,17 @@ class TaskConfig(_Strict):
     # Hub datasets (name: hub): datasets.load_dataset(dataset, subset); splits are the hub's split names.
     dataset: str | None = None
     subset: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, data: Any) -> Any:
+        from ptray.core.tasks import TASKS, Task
+
+        if not isinstance(data, dict):
+            return data
+        # An unknown name takes the base defaults, so that its one error is the name's (see _known_task).
+        task = TASKS.get(str(data.get("name", "rte")).lower(), Task)
+        return {"data_dir": default_data_dir(task.collection), **task.default_splits, **data}
 
     @field_validator("name")
     @classmethod
@@ -61,6 +83,18 @@ class TaskConfig(_Strict):
     def _absolute(cls, v: str) -> str:
         # Resolved where the config is read: Ray Tune trials run in their own working directory.
         return v if "://" in v else str(Path(v).expanduser().resolve())
+
+    @model_validator(mode="after")
+    def _sample(self) -> "TaskConfig":
+        if self.k_shot is not None and self.max_train_examples is not None:
+            raise ValueError(f"task.k_shot {self.k_shot} and task.max_train_examples {self.max_train_examples} are both "
+                             f"set, but k_shot already fixes the training set ({self.k_shot} per class); unset "
+                             f"task.max_train_examples")
+        if self.sample_seed is not None and self.k_shot is None:
+            raise ValueError(f"task.sample_seed {self.sample_seed} is set but task.k_shot is not: without a k-shot "
+                             f"sample the whole split is used and there is nothing to draw; set task.k_shot or unset "
+                             f"task.sample_seed")
+        return self
 
 
 class ModelConfig(_Strict):
@@ -96,6 +130,12 @@ class TrainConfig(_Strict):
     # A loss above this (or NaN/inf) ends the seed as failed: diverged.
     max_loss: float = Field(100.0, gt=0)
     seed: int = 0
+    # Sources of seed variance with their own seeds, so one can vary while the others hold (Dodge et al. 2020 separate
+    # initialisation and data order): init_seed draws the prompt and the head; order_seed the data order and the noise
+    # of training (dropout, Gumbel draws, PTP perturbations). Unset, each is train.seed; task.sample_seed is the
+    # third source. See ExperimentConfig.source_seeds.
+    init_seed: int | None = None
+    order_seed: int | None = None
     # Train this many seeds of a config together through one pass of the shared frozen backbone (the Ray layer groups
     # seeds by it; ptray.core.packing.train_packed). Each keeps its own prompt, optimizer state, data order and result.
     seed_pack: int = Field(1, ge=1)
@@ -293,7 +333,8 @@ def _search_entry(key: str, value: Any) -> dict[str, Any]:
 
 
 class ExperimentConfig(_Strict):
-    task: TaskConfig = TaskConfig()
+    # Built when a config is: its defaults come from the task registry (which imports this module) and the environment.
+    task: TaskConfig = Field(default_factory=TaskConfig)
     model: ModelConfig = ModelConfig()
     method: MethodConfig = MethodConfig()
     train: TrainConfig = TrainConfig()
@@ -352,6 +393,17 @@ class ExperimentConfig(_Strict):
             if reason:
                 raise ValueError(f"train.seed_pack {self.train.seed_pack}: {reason}")
         return self
+
+    def source_seeds(self) -> dict[str, int | None]:
+        """The seed of each source of seed variance, as result.json records it under "seeds": the k-shot sample (None
+        without task.k_shot: the whole split is used), the initialisation, the data order and training noise. An unset
+        one is train.seed, so a config that sets none varies them all together with train.seed, as before they
+        existed."""
+        seed = self.train.seed
+        sample = self.task.sample_seed if self.task.sample_seed is not None else seed
+        return {"sample": sample if self.task.k_shot is not None else None,
+                "init": self.train.init_seed if self.train.init_seed is not None else seed,
+                "order": self.train.order_seed if self.train.order_seed is not None else seed}
 
     def to_dict(self) -> dict[str, Any]:
         # serialize_as_any: method and perturbation hold subclasses whose own fields would otherwise be dropped.

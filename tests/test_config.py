@@ -115,3 +115,12 @@ def test_smollm2_alias_resolves_to_the_installed_gguf():
     assert kwargs["gguf_file"].endswith(".gguf")
     hf_config = bb.load_hf_config(ModelConfig(name="smollm2-135m"))
     assert bb.detect_family(hf_config) == "causal" and hf_config.model_type == "llama"
+
+
+def test_source_seeds_default_to_train_seed(data_dir):
+    # Unset, every source follows train.seed (old configs vary them together); no k-shot sample, no sample seed.
+    assert cfg_of(data_dir, train={"seed": 4}).source_seeds() == {"sample": None, "init": 4, "order": 4}
+    cfg = cfg_of(data_dir, task={"k_shot": 8}, train={"seed": 4, "order_seed": 9})
+    assert cfg.source_seeds() == {"sample": 4, "init": 4, "order": 9}
+    cfg = cfg_of(data_dir, task={"k_shot": 8, "sample_seed": 2}, train={"seed": 4, "init_seed": 0})
+    assert cfg.source_seeds() == {"sample": 2, "init": 0, "order": 4}

@@ -153,3 +153,47 @@ def test_majority_baseline_equals_sklearn_accuracy_of_the_majority_class(data_di
     gold = [e.label for e in examples]
     majority = np.bincount(gold).argmax()
     assert task.majority_baseline(examples) == pytest.approx(accuracy_score(gold, [majority] * len(gold)))
+
+
+# --- the sentence tasks: accuracy, and macro-F1 where the classes are unbalanced ------------------------------
+SENTENCE_F1 = {"mr": False, "subj": False, "cr": True, "mpqa": True, "trec": True, "sst5": True}
+
+
+def load_sentence(name, data_dir, split):
+    task = build_task(TaskConfig(name=name, data_dir=str(data_dir.parent / "sentence")))
+    return task, task.load(split)
+
+
+@pytest.mark.parametrize("name", sorted(SENTENCE_F1))
+@pytest.mark.parametrize("split,seed", [("test", 0), ("dev", 1)])
+def test_sentence_metrics_match_sklearn(data_dir, name, split, seed):
+    task, examples = load_sentence(name, data_dir, split)
+    gold = [e.label for e in examples]
+    preds = synthetic(gold, len(task.get_labels()), seed)
+    m = task.compute_metrics(examples, preds)
+    assert set(m) == ({"accuracy", "f1_macro"} if SENTENCE_F1[name] else {"accuracy"})
+    assert m["accuracy"] == pytest.approx(accuracy_score(gold, preds))
+    if SENTENCE_F1[name]:
+        assert m["f1_macro"] == pytest.approx(f1_score(gold, preds, average="macro"))
+    assert task.primary_metric == "accuracy"
+
+
+@pytest.mark.parametrize("name", ["cr", "trec", "sst5"])
+def test_sentence_macro_f1_punishes_the_majority_class(data_dir, name):
+    # On an unbalanced split, always answering the majority class keeps a fair accuracy but not macro-F1.
+    task, examples = load_sentence(name, data_dir, "dev")
+    gold = [e.label for e in examples]
+    majority = [int(np.bincount(gold).argmax())] * len(gold)
+    m = task.compute_metrics(examples, majority)
+    assert m["accuracy"] == pytest.approx(task.majority_baseline(examples))
+    assert m["f1_macro"] == pytest.approx(f1_score(gold, majority, labels=range(len(task.get_labels())),
+                                                   average="macro", zero_division=0))
+    assert m["f1_macro"] < m["accuracy"]
+
+
+@pytest.mark.parametrize("name", sorted(SENTENCE_F1))
+def test_sentence_majority_baseline_equals_sklearn(data_dir, name):
+    task, examples = load_sentence(name, data_dir, "dev")
+    gold = [e.label for e in examples]
+    majority = np.bincount(gold).argmax()
+    assert task.majority_baseline(examples) == pytest.approx(accuracy_score(gold, [majority] * len(gold)))

@@ -6,6 +6,7 @@ import json
 import re
 import string
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -377,9 +378,12 @@ def test_experiment_config_prepares(name, data_dir):
     assert "Expected runtime here" in header
     from ptray.core.train import prepare
 
-    p = prepare(load_config(path, [f"task.data_dir={data_dir}"]))
+    # ReCoRD has no val split here: it selects and reports on dev32, which is warned about and kept in its result.
+    optimistic = pytest.warns(UserWarning, match="reads the report split") if name == "record" else nullcontext()
+    with optimistic:
+        p = prepare(load_config(path, [f"task.data_dir={data_dir}"]))
+    assert bool(p.warnings) == (name == "record")
     assert p.cfg.model.name == "minilm" and p.cfg.task.name == name
-    # ReCoRD has no val split here: it selects and reports on dev32.
     assert p.cfg.task.report_split == ("dev32" if name == "record" else "val")
     assert len(p.report) == COUNTS[name][p.cfg.task.report_split]
     assert len(p.train) == COUNTS[name]["train"]
@@ -399,3 +403,108 @@ def test_train_end_to_end(name, keys, data_dir, tmp_path):
     assert all(0.0 <= v <= 1.0 for v in result["report_metrics"].values())
     assert result["steps"] == 2 and [h["step"] for h in result["history"]] == [1, 2]
     assert json.loads((tmp_path / RESULT_FILE).read_text())["status"] == "ok"
+
+
+# --- the sentence tasks and the full SuperGLUE training sets (sibling folders of the FewGLUE one) ----------------
+# Rows per split and per label, from the data README; FOLDER is the task's folder under sentence/.
+SENTENCE = {
+    "mr": ("MR", {"train": 7795, "dev": 867, "test": 2000}),
+    "cr": ("CR", {"train": 1597, "dev": 178, "test": 2000}),
+    "subj": ("SUBJ", {"train": 7200, "dev": 800, "test": 2000}),
+    "trec": ("TREC", {"train": 4906, "dev": 546, "test": 500}),
+    "mpqa": ("MPQA", {"train": 7742, "dev": 861, "test": 2000}),
+    "sst5": ("SST-5", {"train": 7689, "dev": 855, "test": 2210}),
+}
+FULL = {"rte": ("RTE", 2241, 249, 277), "cb": ("CB", 225, 25, 56), "copa": ("COPA", 360, 40, 100),
+        "wsc": ("WSC", 498, 56, 104)}
+
+
+def sentence_rows(data_dir, name, split):
+    with open(data_dir.parent / "sentence" / SENTENCE[name][0] / f"{split}.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("name", sorted(SENTENCE))
+def test_sentence_task_reads_its_splits_from_the_sibling_folder(name, data_dir):
+    cfg = TaskConfig(name=name)  # no data_dir: the task finds sentence/ beside PTRAY_DATA_DIR's superglue/
+    assert Path(cfg.data_dir) == data_dir.parent / "sentence"
+    assert (cfg.selection_split, cfg.report_split) == ("dev", "test")
+    task = build_task(cfg)
+    for split, n in SENTENCE[name][1].items():
+        examples = task.load(split)
+        rows = sentence_rows(data_dir, name, split)
+        assert len(examples) == len(rows) == n
+        # Every row once, with its own label (the task reads them in a shuffled order).
+        labels = task.get_labels()
+        assert Counter((e.text_a, labels[e.label]) for e in examples) == Counter((r["sentence"], r["label"]) for r in rows)
+        assert all(e.text_b is None and e.text_a in e.lm_source for e in examples)
+
+
+def test_data_dir_default_follows_ptray_data_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("PTRAY_DATA_DIR", str(tmp_path / "fewglue"))
+    assert TaskConfig(name="sst5").data_dir == str(tmp_path / "sentence")
+    assert TaskConfig(name="rte").data_dir == str(tmp_path / "fewglue")
+    # A given data_dir wins, as before.
+    assert TaskConfig(name="mr", data_dir=str(tmp_path / "mine")).data_dir == str(tmp_path / "mine")
+
+
+def test_sentence_cap_takes_every_class_and_the_same_rows_every_time(data_dir):
+    # MR's test file lists all negatives, then all positives: the first 100 rows of the file are one class.
+    assert {r["label"] for r in sentence_rows(data_dir, "mr", "test")[:100]} == {"0"}
+    task = task_of("mr", data_dir.parent / "sentence")
+    capped = task.load("test", 100)
+    assert len(capped) == 100 and set(Counter(e.label for e in capped)) == {0, 1}
+    assert [e.text_a for e in capped] == [e.text_a for e in task.load("test", 100)]
+
+
+def test_missing_sentence_folder_names_the_collection(tmp_path):
+    with pytest.raises(ConfigError, match=r"task.data_dir .* does not exist; .* holds SUBJ/ .*shared/data/sentence"):
+        task_of("subj", tmp_path / "nope").check_files(["train"])
+
+
+def test_a_task_module_imports_first(tmp_path):
+    # The config's task defaults read the registry, which imports the config: either may be imported first.
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import ptray.core.tasks.mr"], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+def test_sentence_label_words_are_distinct_first_tokens_of_a_causal_lm(data_dir):
+    from transformers import AutoTokenizer
+
+    from ptray.core.backbone import resolve
+    from ptray.core.data import Encoder
+
+    path, kwargs = resolve("smollm2-135m")
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    for name in SENTENCE:
+        task = task_of(name, data_dir.parent / "sentence")
+        encoder = Encoder(task, tokenizer, "causal", 128)  # refuses label words that share a first token
+        assert len(set(encoder.label_token_ids)) == len(task.get_label_words()) == len(task.get_labels())
+        [row] = encoder.encode(task.load("dev", 1)[0]).rows
+        # The row ends with the template's cue, right before where the label word is scored.
+        cue = task.template.format(sentence="").split()[-1]
+        assert tokenizer.decode(row).rstrip().endswith(cue)
+
+
+@pytest.mark.parametrize("name", sorted(FULL))
+def test_full_superglue_sets_through_data_dir_and_dev_selection(name, data_dir):
+    from ptray.core.train import prepare
+
+    folder, n_train, n_dev, n_val = FULL[name]
+    full = data_dir.parent / "superglue-full"
+    p = prepare(config_from_dict(tiny_config(data_dir, task={
+        "name": name, "data_dir": str(full), "selection_split": "dev", "max_eval_examples": None})))
+    assert (len(p.train), len(p.selection), len(p.report)) == (n_train, n_dev, n_val)
+    # The official training rows, labelled as in the file: the same reader as FewGLUE's.
+    rows = [json.loads(line) for line in (full / folder / "train.jsonl").read_text().splitlines()]
+    gold = [int(r["label"]) if p.task.is_multiple_choice else p.task.get_labels().index(str(r["label"]).lower())
+            for r in rows]
+    assert [e.label for e in p.train] == gold
+    # FewGLUE's 32 training examples are among the official training rows (split into train and dev here).
+    fewglue = {e.text_a for e in task_of(name, data_dir).load("train")}
+    assert fewglue <= {e.text_a for e in p.train + p.selection}

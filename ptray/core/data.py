@@ -1,4 +1,4 @@
-"""Examples -> token ids -> padded batches.
+"""Examples -> (a k-shot sample of them) -> token ids -> padded batches.
 
 Each example becomes one row (classification) or one row per option (multiple choice). Batches are padded to
 their own longest row, not to a fixed length: short tasks do not pay for the longest example. Training batches group
@@ -12,7 +12,27 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ptray.config import ConfigError
 from ptray.core.tasks import Example, Task
+
+
+def sample_per_class(examples: list[Example], labels: list[str], k: int, seed: int, draws: int,
+                     source: str) -> list[list[Example]]:
+    """`draws` disjoint samples of k examples of every class of `examples` (from `source`, named in errors), drawn
+    by `seed` alone; each sample keeps the examples' order. The few-shot protocol's training set and, from the same
+    split, its selection set (LM-BFF draws both from the training data, disjoint)."""
+    by_class = [[i for i, e in enumerate(examples) if e.label == c] for c in range(len(labels))]
+    smallest = min(len(idx) for idx in by_class)
+    if k * draws > smallest:
+        sizes = ", ".join(f"{lab}: {len(idx)}" for lab, idx in zip(labels, by_class))
+        wanted = f"{draws} disjoint samples of {k}" if draws > 1 else str(k)
+        fix = (f"set task.k_shot to {smallest // draws} or less" if smallest >= draws
+               else "a label without examples cannot be sampled: fix the split or the task's labels")
+        raise ConfigError(f"task.k_shot {k}: {source} has too few examples of its smallest class for {wanted} per "
+                          f"class (examples per label: {sizes}); {fix}")
+    rng = np.random.default_rng(seed)
+    shuffled = [np.asarray(idx)[rng.permutation(len(idx))] for idx in by_class]
+    return [[examples[i] for i in sorted(j for idx in shuffled for j in idx[d * k : (d + 1) * k])] for d in range(draws)]
 
 
 @dataclass

@@ -51,6 +51,10 @@ def unpackable(cfg: ExperimentConfig) -> str | None:
     if cfg.model.dropout:
         return ("model.dropout is true, but packed seeds share one backbone pass and so cannot keep separate dropout "
                 "streams; set model.dropout=false or train.seed_pack=1")
+    if cfg.task.k_shot is not None and cfg.task.sample_seed is None:
+        return (f"task.k_shot {cfg.task.k_shot} with task.sample_seed unset draws each seed its own sample, but a pack "
+                f"trains its seeds on one; set task.sample_seed (the sample held fixed across seeds) or "
+                f"train.seed_pack=1")
     if cfg.train.zero_stage != 0:
         return (f"train.zero_stage {cfg.train.zero_stage} shards gradients (and ZeRO-3 the shared weights), but packed "
                 f"seeds clip their gradients one seed at a time; use train.zero_stage=0 or train.seed_pack=1")
@@ -223,7 +227,7 @@ def build_pack(cfgs: list[ExperimentConfig], p: Prepared, outs: list[Path | None
     reporters = reporters or [None] * len(cfgs)
     models = []
     for cfg in cfgs:
-        seed_everything(cfg.train.seed)  # each seed's head starts as in its own run
+        seed_everything(cfg.source_seeds()["init"])  # each seed's head starts as in its own run
         model, encoder, data = load_model(cfg, p)
         models.append(model)
     world, rank = _world()

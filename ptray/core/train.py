@@ -12,7 +12,7 @@ import math
 import time
 import traceback
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -21,7 +21,7 @@ import torch
 
 from ptray.config import ConfigError, ExperimentConfig
 from ptray.core import backbone as bb
-from ptray.core.data import Encoded, Encoder, collate, train_order
+from ptray.core.data import Encoded, Encoder, collate, sample_per_class, train_order
 from ptray.core.methods import METHODS, BackboneInfo
 from ptray.core.model import PromptModel, option_loss
 from ptray.core.perturbations import build_perturbation
@@ -51,6 +51,8 @@ class Prepared:
     report: list[Example]
     family: str
     device: torch.device
+    # What the run should know but may go on with; result.json records them.
+    warnings: list[str] = field(default_factory=list)
 
 
 def prepare(cfg: ExperimentConfig) -> Prepared:
@@ -58,12 +60,17 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     t = cfg.task
     task = build_task(t)
     task.check_files(list(dict.fromkeys([t.train_split, t.selection_split, t.report_split])))
-    train = task.load(t.train_split, t.max_train_examples)
-    selection = task.load(t.selection_split, t.max_eval_examples)
-    report = task.load(t.report_split, t.max_eval_examples)
+    train, selection, report = load_splits(cfg, task)
     for role, exs in (("train", train), ("selection", selection), ("report", report)):
         if not exs:
             raise ConfigError(f"task {t.name}: the {role} split holds no examples")
+    cautions = []
+    if task.same_source(t.selection_split, t.report_split):
+        cautions.append(f"task.selection_split {t.selection_split!r} reads the report split (task.report_split "
+                        f"{t.report_split!r}): the checkpoint is chosen on the data it is reported on, so the report "
+                        f"is optimistic; set task.selection_split to a held-out split")
+    for caution in cautions:
+        warnings.warn(caution, stacklevel=2)
     hf_config = bb.load_hf_config(cfg.model)
     family = bb.detect_family(hf_config, cfg.model.family)
     limit = bb.max_positions(hf_config)
@@ -76,7 +83,35 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     device = bb.resolve_device(cfg.model.device)
     if cfg.model.dtype == "bf16":
         bb.check_bf16(device)
-    return Prepared(cfg, task, train, selection, report, family, device)
+    return Prepared(cfg, task, train, selection, report, family, device, cautions)
+
+
+def load_splits(cfg: ExperimentConfig, task: Task) -> tuple[list[Example], list[Example], list[Example]]:
+    """The train, selection and report examples. With task.k_shot K, the few-shot protocol: K per class of the train
+    split and K per class of the selection split, drawn by the sample seed; where both are one split, the two samples
+    are disjoint."""
+    t = cfg.task
+    report = task.load(t.report_split, t.max_eval_examples)
+    if t.k_shot is None:
+        return task.load(t.train_split, t.max_train_examples), task.load(t.selection_split, t.max_eval_examples), report
+    if task.is_multiple_choice:
+        raise ConfigError(f"task.k_shot {t.k_shot}: task {t.name} is multiple-choice (each example brings its own "
+                          f"candidates), so it has no label classes to sample per class; unset task.k_shot, or cap "
+                          f"the training set with task.max_train_examples")
+    seed, labels = cfg.source_seeds()["sample"], task.get_labels()
+    pool = task.load(t.train_split)
+    if any(e.group is not None for e in pool):
+        raise ConfigError(f"task.k_shot {t.k_shot}: task {t.name}'s examples come in groups (the answers to one "
+                          f"question) that its metrics score together, and a per-class sample would split them; unset "
+                          f"task.k_shot")
+    if task.same_source(t.train_split, t.selection_split):
+        train, selection = sample_per_class(pool, labels, t.k_shot, seed, 2, f"task {t.name}'s split "
+                                            f"{t.train_split!r} (the training and the selection sample)")
+    else:
+        [train] = sample_per_class(pool, labels, t.k_shot, seed, 1, f"task {t.name}'s split {t.train_split!r}")
+        [selection] = sample_per_class(task.load(t.selection_split), labels, t.k_shot, seed, 1,
+                                       f"task {t.name}'s split {t.selection_split!r}")
+    return train, selection, report
 
 
 def train(cfg: ExperimentConfig, output_dir: str | Path | None = None, reporter: Reporter | None = None,
@@ -88,8 +123,10 @@ def train(cfg: ExperimentConfig, output_dir: str | Path | None = None, reporter:
     result = new_result(cfg, p)
     engine = None
     try:
-        seed_everything(cfg.train.seed)
+        seeds = cfg.source_seeds()
+        seed_everything(seeds["init"])  # the head's init (the prompt's comes from its own generator: build_model)
         model, encoder, data = load_model(cfg, p)
+        seed_everything(seeds["order"])  # what training draws from the global stream: dropout, Gumbel noise
         result["trainable_params"] = sum(x.numel() for x in model.parameters() if x.requires_grad)
         t_load = time.perf_counter()
         result["timings"] = {"load_s": t_load - t0}
@@ -122,11 +159,13 @@ def train(cfg: ExperimentConfig, output_dir: str | Path | None = None, reporter:
 def new_result(cfg: ExperimentConfig, p: Prepared) -> dict:
     """A seed's result before training: what it is, and status ok until something fails."""
     return {
-        "seed": cfg.train.seed, "status": "ok", "reason": None,
+        # seeds: each source of seed variance's own seed (ExperimentConfig.source_seeds).
+        "seed": cfg.train.seed, "seeds": cfg.source_seeds(), "status": "ok", "reason": None,
         "task": cfg.task.name, "method": cfg.method.name, "model": cfg.model.name, "family": p.family,
         "selection_split": cfg.task.selection_split, "report_split": cfg.task.report_split,
         "primary_metric": p.task.primary_metric,
         "majority_baseline": p.task.majority_baseline(p.report),
+        "warnings": p.warnings,
         "config": cfg.to_dict(),
     }
 
@@ -177,7 +216,8 @@ _ENCODED: dict[str, dict[str, list[Encoded]]] = {}
 
 
 def encoded_splits(cfg: ExperimentConfig, p: Prepared, encoder: Encoder) -> dict[str, list[Encoded]]:
-    key = cfg.task.model_dump_json() + cfg.model.model_dump_json()
+    # Seeds that share a config but not a k-shot sample (task.sample_seed unset) do not share their examples.
+    key = cfg.task.model_dump_json() + cfg.model.model_dump_json() + str(cfg.source_seeds()["sample"])
     if key not in _ENCODED:
         _ENCODED.clear()
         _ENCODED[key] = {role: [encoder.encode(e) for e in exs] for role, exs in
@@ -188,7 +228,7 @@ def encoded_splits(cfg: ExperimentConfig, p: Prepared, encoder: Encoder) -> dict
 def build_model(cfg: ExperimentConfig, backbone: bb.Backbone, task: Task) -> PromptModel:
     info = BackboneInfo(backbone.hidden_size, backbone.num_layers, backbone.num_heads, backbone.family,
                         backbone.model.get_input_embeddings(), backbone.tokenizer, backbone=backbone.model)
-    generator = torch.Generator().manual_seed(cfg.train.seed)
+    generator = torch.Generator().manual_seed(cfg.source_seeds()["init"])
     method = METHODS[cfg.method.name](cfg.method, info, generator)
     labels = task.get_labels()
     return PromptModel(backbone, method, len(labels) if labels else None, [], cfg.model.pooling, cfg.model.dropout)
@@ -281,7 +321,8 @@ class TrainLoop:
     def batch_order(self):
         """This seed's endless training micro-batches, as indices into the train split (see data.train_order)."""
         tc = self.cfg.train
-        return train_order(self.data["train"], tc.batch_size, tc.seed, self.rank, self.world, tc.group_by_length)
+        return train_order(self.data["train"], tc.batch_size, self.cfg.source_seeds()["order"], self.rank, self.world,
+                           tc.group_by_length)
 
     def run(self, start_step: int = 0) -> None:
         from tqdm.auto import tqdm

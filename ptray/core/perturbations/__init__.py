@@ -20,7 +20,8 @@ def build_perturbation(cfg, tokenizer, rank: int = 0) -> Perturbation | None:
     p = cfg.perturbation
     if p is None or p.lambda_ == 0:
         return None
-    return PERTURBATIONS[f"{p.space}/{p.kind}"](p, tokenizer, cfg.train.seed, rank)
+    # Its draws are training noise: the order seed's (ExperimentConfig.source_seeds).
+    return PERTURBATIONS[f"{p.space}/{p.kind}"](p, tokenizer, cfg.source_seeds()["order"], rank)
 
 
 __all__ = ["PERTURBATIONS", "AddToInputs", "Perturb", "Perturbation", "build_perturbation"]

@@ -3,10 +3,16 @@ from ptray.core.tasks.base import Example, Task
 from ptray.core.tasks.boolq import BoolQ
 from ptray.core.tasks.cb import CB
 from ptray.core.tasks.copa import COPA
+from ptray.core.tasks.cr import CR
 from ptray.core.tasks.custom import Custom, Hub
+from ptray.core.tasks.mpqa import MPQA
+from ptray.core.tasks.mr import MR
 from ptray.core.tasks.multirc import MultiRC
 from ptray.core.tasks.record import ReCoRD
 from ptray.core.tasks.rte import RTE
+from ptray.core.tasks.sst5 import SST5
+from ptray.core.tasks.subj import SUBJ
+from ptray.core.tasks.trec import TREC
 from ptray.core.tasks.wic import WiC
 from ptray.core.tasks.wsc import WSC
 
@@ -19,6 +25,12 @@ TASKS: dict[str, type[Task]] = {
     "rte": RTE,
     "wic": WiC,
     "wsc": WSC,
+    "mr": MR,
+    "cr": CR,
+    "subj": SUBJ,
+    "trec": TREC,
+    "mpqa": MPQA,
+    "sst5": SST5,
     "custom": Custom,
     "hub": Hub,
 }

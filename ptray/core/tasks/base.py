@@ -39,6 +39,10 @@ class Task:
     # What an LM says for each label (first token scored); one per label.
     label_words: ClassVar[list[str] | None] = None
     primary_metric: ClassVar[str] = "accuracy"
+    # The folder of the shared data its files are in by default (config.default_data_dir), and its default split
+    # names (TaskConfig fills them in where the config leaves them out).
+    collection: ClassVar[str] = "superglue"
+    default_splits: ClassVar[dict[str, str]] = {"selection_split": "dev32", "report_split": "val"}
     splits: dict[str, Any] = field(default_factory=dict, init=False)
 
     @property
@@ -62,8 +66,9 @@ class Task:
         root = Path(self.config.data_dir)
         if not root.is_dir():
             raise ConfigError(
-                f"task.data_dir {str(root)!r} does not exist; point it at a FewGLUE-layout folder "
-                f"(e.g. ../shared/data/superglue) or set PTRAY_DATA_DIR"
+                f"task.data_dir {str(root)!r} does not exist; point it at the folder that holds {self.folder_name()}/ "
+                f"(the shared data's {self.collection}/, e.g. ../shared/data/{self.collection}), or set "
+                f"PTRAY_DATA_DIR to the shared superglue/ folder, whose siblings hold the other collections"
             )
         for split in splits:
             p = self.split_path(split)
@@ -94,6 +99,10 @@ class Task:
 
     def describe_source(self, split: str) -> str:
         return str(self.split_path(split))
+
+    def same_source(self, split: str, other: str) -> bool:
+        """Whether two split names read the same data (custom tasks may map two names to one file)."""
+        return self.describe_source(split) == self.describe_source(other)
 
     def to_examples(self, row: dict) -> list[Example]:
         raise NotImplementedError
@@ -133,3 +142,10 @@ def accuracy(labels: list[int], predictions: list[int]) -> float:
     if not labels:
         return float("nan")
     return sum(int(a == b) for a, b in zip(labels, predictions)) / len(labels)
+
+
+def macro_f1(labels: list[int], predictions: list[int], n_labels: int) -> float:
+    # Over every label, a never-predicted one counting as F1 0: a model that ignores a class pays for it.
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(labels, predictions, labels=list(range(n_labels)), average="macro", zero_division=0))
