@@ -172,6 +172,9 @@ def test_log_experiment_structure_and_idempotence(experiment):
     assert missing.info.status == "FAILED" and "no result.json" in missing.data.tags["ptray.failure_reason"]
     ok = runs[(config_id(A), 1)]
     assert ok.info.status == "FINISHED" and ok.data.tags["ptray.trial_id"] == f"trial_{config_id(A)[:4]}_1"
+    # Each source of seed variance's seed, resolved (none is set in the config, so each is train.seed; no k-shot sample).
+    assert {k: v for k, v in ok.data.params.items() if k.startswith("seeds.")} == \
+        {"seeds.sample": "null", "seeds.init": "1", "seeds.order": "1"}
     history = _result(experiment, A, 1)["history"]
     assert [(m.step, m.value) for m in client.get_metric_history(ok.info.run_id, "loss")] == \
         [(h["step"], pytest.approx(h["loss"])) for h in history]

@@ -65,7 +65,7 @@ def landscape(result_dir: str | Path, directions: str = "gradient", points: int 
         config = {**config, "task": {**config["task"], "data_dir": data_dir}}
     cfg = config_from_dict(config, str(result_dir / "result.json"))
     p = prepare(cfg)
-    seed_everything(cfg.train.seed)
+    seed_everything(cfg.source_seeds()["init"])  # the head as training built it
     model, encoder, data = load_model(cfg, p)
     state = load_file(str(result_dir / "adapter.safetensors"))
     trainable = {k for k, v in model.named_parameters() if v.requires_grad}

@@ -149,7 +149,9 @@ class Tracker:
         run_id = self.child(config.config_id, result.seed, config.label, config.overrides, result.trial_id)
         if result.raw.get("config"):
             full = {k: v for k, v in result.raw["config"].items() if k not in ("tune", "tracking")}
-            self._add_params(run_id, {**_flatten(full), **config.overrides})
+            # seeds.*: the seed each source of variance had (sample, init, order), resolved where the config left it unset.
+            seeds = {f"seeds.{k}": v for k, v in (result.raw.get("seeds") or {}).items()}
+            self._add_params(run_id, {**_flatten(full), **seeds, **config.overrides})
         now = _now_ms()
         # Per-step history from result.json: only the steps the live callback did not already log.
         points = []
@@ -179,6 +181,8 @@ class Tracker:
         elif "ptray.failure_reason" in run.tags:
             # Stores written before seeds at the majority class counted as finished gave them a failure reason.
             self.client.delete_tag(run_id, "ptray.failure_reason")
+        if raw.get("warnings"):
+            tags["ptray.warnings"] = _text("\n".join(raw["warnings"]), _MAX_TAG)
         if raw.get("traceback"):
             tags["ptray.traceback"] = raw["traceback"][-_MAX_TAG:]  # the end of a traceback says what broke
         for k, v in tags.items():
