@@ -1,6 +1,7 @@
 """`ptray report DIR`: the stability report of an experiment folder, as Markdown with PNG figures.
 
-    DIR/report/report.md      tables (per-config statistics, comparisons against the baseline config, failures)
+    DIR/report/report.md      tables (per-config statistics, comparisons against the baseline config, where the
+                              seed variance comes from (ptray.analysis.variance), failures)
     DIR/report/*.png          per-seed strip plot, learning curves, expected max vs budget, std vs searched params
     DIR/report/stats.json     every number in the tables, for scripts
 
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ptray.analysis import plots, stats
+from ptray.analysis import plots, stats, variance
 from ptray.tracking.results import ConfigResults, Experiment, load_experiment
 
 REPORT_DIR = "report"
@@ -52,6 +54,7 @@ def write_report(directory: str | Path, baseline: str | None = None, log_mlflow:
     comparisons = {c.config_id: _compare(c, base, summaries[c.config_id][m], summaries[base.config_id][m])
                    for c in configs if c is not base}
     landscapes = _landscapes(exp)
+    sources = variance.families(exp, m)
 
     figures: dict[str, Path] = {
         "seeds": plots.seed_strip_plot({c.label: c.metric(m) for c in configs}, out / "seeds.png", f"report {m}",
@@ -72,10 +75,10 @@ def write_report(directory: str | Path, baseline: str | None = None, log_mlflow:
                "configs": {c.config_id: {"label": c.label, "overrides": c.overrides, "seeds": c.seed_ids,
                                          "summary": summaries[c.config_id],
                                          "comparison": comparisons.get(c.config_id)} for c in configs},
-               "landscapes": landscapes}
+               "landscapes": landscapes, "variance_sources": [asdict(f) for f in sources]}
     (out / "stats.json").write_text(json.dumps(numbers, indent=2, default=_json_default))
     md = out / "report.md"
-    md.write_text(_markdown(exp, base, summaries, comparisons, figures, landscapes))
+    md.write_text(_markdown(exp, base, summaries, comparisons, figures, landscapes, sources))
 
     if log_mlflow:
         from ptray.tracking.store import log_experiment
@@ -205,7 +208,8 @@ def _landscapes(exp: Experiment) -> dict[str, list[dict]]:
 
 
 # --- Markdown ------------------------------------------------------------------------------------------------
-def _markdown(exp: Experiment, base: ConfigResults, summaries, comparisons, figures, landscapes) -> str:
+def _markdown(exp: Experiment, base: ConfigResults, summaries, comparisons, figures, landscapes,
+              sources: list[variance.Family]) -> str:
     m = exp.primary_metric
     configs = list(exp.configs.values())
     first = next((s.raw for c in configs for s in c.seeds if s.raw.get("config")), {})
@@ -276,6 +280,7 @@ def _markdown(exp: Experiment, base: ConfigResults, summaries, comparisons, figu
             *(f"- {r['sentence']}" for r in comparisons.values()),
             "",
         ]
+    lines += _sources_section(sources, m)
     lines += [
         "## Expected best score vs number of seeds",
         "",
@@ -318,6 +323,32 @@ def _markdown(exp: Experiment, base: ConfigResults, summaries, comparisons, figu
     lines += ["## Configs", "", _table(["config", "id", "searched values"], rows), "",
               "Numbers: `stats.json` beside this file. Regenerate with `ptray report DIR`.", ""]
     return "\n".join(lines)
+
+
+def _sources_section(families: list[variance.Family], m: str) -> list[str]:
+    """Where the seed variance comes from, per family of configs that differ only in source seeds."""
+    rows = []
+    for f in families:
+        held = ", ".join(f"{s} {'whole split' if v is None else v}" for s, v in f.held.items()) or "none"
+        for i, x in enumerate(f.factors):
+            rows.append([_cell(f.label) if i == 0 else "", str(f.n) if i == 0 else "", _n(f.std) if i == 0 else "",
+                         held if i == 0 else "", x.name, f"{x.groups} ({x.n} seeds)",
+                         _n(x.std) + ("" if math.isnan(x.ci[0]) else f" [{_n(x.ci[0])}, {_n(x.ci[1])}]")])
+    if not rows:
+        return []
+    return [
+        "## Where the seed variance comes from",
+        "",
+        "Each seed has three sources of variance, each with its own seed (result.json `seeds`): the k-shot `sample` "
+        "of the data, the prompt's `init`, and the data `order` with training noise. Configs that differ only in "
+        "those seeds form one family. Across a source: the pooled standard deviation of report " + m + " over "
+        "groups of finished seeds that share every other source's seed, with a 95% chi-square interval. Sources "
+        "whose seeds move together in every run (unset, each is train.seed) are one factor and cannot be told "
+        "apart; to separate them, search over task.sample_seed, train.init_seed or train.order_seed.",
+        "",
+        _table(["family", "n", "std (all)", "held fixed", "across", "groups", "std across [95% CI]"], rows),
+        "",
+    ]
 
 
 def _comparison_row(c: ConfigResults, r: dict) -> list[str]:
