@@ -18,7 +18,9 @@ def ptray_cmd(*args) -> list[str]:
     return [sys.executable, "-m", "ptray.cli", *map(str, args)]
 
 
-def run_ptray(*args, timeout: int = 600) -> subprocess.CompletedProcess:
+# A guard against a hung run, not a speed check: on a loaded 2-core machine a two-worker ZeRO-3 trial alone has taken
+# over 10 minutes.
+def run_ptray(*args, timeout: int = 1500) -> subprocess.CompletedProcess:
     # The tests' own environment (offline hub) reaches the CLI and the Ray workers it starts.
     return subprocess.run(ptray_cmd(*args), capture_output=True, text=True, cwd=REPO, timeout=timeout,
                           env=os.environ.copy())
