@@ -4,6 +4,7 @@ Ray's PBT and PB2 copy the donor's whole config on exploit, seed and identity in
 identity (config_id, seed, overrides, label: its population slot) and takes over only the donor's trained state, from
 the donor's Tune checkpoint, and the explored knobs.
 """
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import PopulationBasedTraining
 from ray.tune.schedulers.pb2 import PB2
 
@@ -14,6 +15,26 @@ class _KeepsIdentity:
     def _get_new_config(self, trial, trial_to_clone):
         config, operations = super()._get_new_config(trial, trial_to_clone)
         return {**config, **{k: trial.config[k] for k in IDENTITY}}, operations
+
+    def _exploit(self, tune_controller, trial, trial_to_clone):
+        super()._exploit(tune_controller, trial, trial_to_clone)
+        _forget_abandoned_save(tune_controller, trial)
+
+
+def _forget_abandoned_save(tune_controller, trial) -> None:
+    """Synchronous PBT exploits a member that may still be saving for its pause at the boundary (on a busy machine the
+    save's reply comes after the last member's boundary result). Ray 2.60 then pauses it by stopping its actor, and
+    `TuneController._schedule_trial_stop` caches a STOP for the save it abandons (tune_controller.py: `if
+    trial.is_saving: self._cached_trial_decisions[...] = STOP`). That save's reply is discarded with the actor's
+    futures, so the STOP stays until the member's next save: the first report after it restarts from the donor's
+    state. There the STOP ends the member, which never files its result (issue #16). The member is paused and its
+    actor gone, so no save of it is in flight: any decision still cached for it belongs to the abandoned one."""
+    if trial.status != Trial.PAUSED:
+        return
+    controller = getattr(tune_controller, "_tune_controller", tune_controller)  # Tune hands schedulers a wrapper
+    cached = getattr(controller, "_cached_trial_decisions", None)
+    if cached is not None:
+        cached.pop(trial.trial_id, None)
 
 
 class SeedPBT(_KeepsIdentity, PopulationBasedTraining):

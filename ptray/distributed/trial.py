@@ -11,7 +11,8 @@
                           the driver logs every seed as it trains), a step's checkpoint (the whole pack's state) goes
                           with the first report of that step, the last one holds every seed's result
     ResultWriter   a driver-side Tune callback: copies that last checkpoint into DIR/runs/..., or records a seed that a
-                   scheduler stopped or that crashed (after its retries) with the reason. The driver writes every
+                   scheduler stopped or that crashed (after its retries) with the reason (a trial that ends without
+                   its last report under a scheduler that stops none is failed, not pruned). The driver writes every
                    result, so trials on other nodes need no shared folder with it.
 """
 from __future__ import annotations
@@ -40,6 +41,7 @@ ADAPTER_FILE = "adapter.safetensors"
 ALREADY_FILED = "already_filed"  # a trial's last report when its seeds' results were filed before it ran
 EXPERIMENT_FILE = "experiment.json"
 RUNS_DIR = "runs"
+STOPPING_SCHEDULERS = ("asha",)  # the schedulers that end trials early (pruning); PBT / PB2 pause and restart theirs
 
 
 @dataclass
@@ -333,9 +335,14 @@ class ResultWriter(tune.Callback):
             return  # its seeds were filed by an earlier run of the experiment: keep them as they are
         if last.get("done_ptray") and trial.checkpoint is not None:
             self._copy_final(trial)
-        else:
+        elif self.scheduler_name in STOPPING_SCHEDULERS:
             self._record(trial, "stopped", f"stopped early by the {self.scheduler_name} scheduler at step "
                                             f"{last.get('step', 0)} (its selection score then ranked low)")
+        else:
+            # No scheduler of this search stops a trial (PBT pauses and restarts its members), so this is no pruning:
+            # the trial was cut short, and a "stopped" seed would drop out of the statistics unseen.
+            self._record(trial, "failed", f"Tune ended the trial at step {last.get('step', 0)} before it filed its "
+                                           f"result (the {self.scheduler_name} scheduler stops no trial)")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         error = str(trial.get_error() or "no error text stored by Ray").strip()
