@@ -28,7 +28,8 @@ def test_train_default_output_sits_beside_tune_experiments(tmp_path, data_dir):
     exp = tmp_path / "outputs" / "quickstart"
     exp.mkdir(parents=True)
     (exp / "experiment.json").write_text(json.dumps({"name": "quickstart", "configs": {}}))
-    p = _train(tmp_path, f"task.data_dir={data_dir}", "train.max_steps=1", "train.eval_every=1",
+    sentence = data_dir.parent / "sentence"  # the quickstart's task, SUBJ, lives beside the SuperGLUE folder
+    p = _train(tmp_path, f"task.data_dir={sentence}", "train.max_steps=1", "train.eval_every=1",
                "task.max_eval_examples=8")
     assert p.returncode == 0, p.stderr[-2000:]
     run = tmp_path / "outputs" / "train" / "quickstart" / "seed0"
@@ -37,7 +38,7 @@ def test_train_default_output_sits_beside_tune_experiments(tmp_path, data_dir):
 
     # The landscape of that run: points^2 passes over the split, with a progress bar on stderr.
     p = subprocess.run([sys.executable, "-m", "ptray.cli", "landscape", str(run), "--points", "3", "--radius", "1",
-                        "--max-examples", "8", "--data-dir", str(data_dir)],
+                        "--max-examples", "8", "--data-dir", str(sentence)],
                        capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "landscape 3x3 on 8 train examples" in p.stderr and "9/9" in p.stderr

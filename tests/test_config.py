@@ -96,7 +96,9 @@ def test_cli_help_is_fast():
 
 @pytest.mark.slow
 def test_cli_train_writes_result_and_refuses_to_overwrite(data_dir, tmp_path):
-    overrides = [f"task.data_dir={data_dir}", "train.max_steps=2", "train.eval_every=2", "task.max_eval_examples=16"]
+    # The quickstart reads SUBJ from the sentence collection beside the SuperGLUE folder.
+    overrides = [f"task.data_dir={data_dir.parent / 'sentence'}", "train.max_steps=2", "train.eval_every=2",
+                 "task.max_eval_examples=16"]
     out = _ptray("train", "experiments/quickstart.yaml", "--seed", "1", "--output", str(tmp_path), *overrides)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     result = json.loads((tmp_path / "result.json").read_text())

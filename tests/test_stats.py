@@ -112,7 +112,7 @@ def test_seeds_at_or_below_majority_stay_in_the_headline():
 
 
 def test_all_seeds_at_majority_still_have_statistics():
-    # The quickstart case: every seed learned nothing. The headline must still show them (and their spread).
+    # The first quickstart (FewGLUE RTE) case: every seed learned nothing. The headline must still show them (and their spread).
     v = [0.5, 0.47, 0.5, 0.44]
     s = summarize(v, at_majority=at_or_below(v, 0.5))
     assert s["n_at_majority"] == 4 and s["majority_rate"] == 1.0 and s["n_failed"] == 0
