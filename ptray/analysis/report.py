@@ -16,15 +16,12 @@ import json
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ptray.analysis import plots, stats, variance
+from ptray.layout import LANDSCAPE_DIR, LANDSCAPE_FILE, REPORT_DIR, run_dir, write_json
 from ptray.tracking.results import ConfigResults, Experiment, load_experiment
-
-REPORT_DIR = "report"
-LANDSCAPE_FILE = "landscape/landscape.json"
 
 
 def config_figures(c: ConfigResults, folder: str | Path) -> list[Path]:
@@ -76,7 +73,7 @@ def write_report(directory: str | Path, baseline: str | None = None, log_mlflow:
                                          "summary": summaries[c.config_id],
                                          "comparison": comparisons.get(c.config_id)} for c in configs},
                "landscapes": landscapes, "variance_sources": [asdict(f) for f in sources]}
-    (out / "stats.json").write_text(json.dumps(numbers, indent=2, default=_json_default))
+    write_json(out / "stats.json", numbers)
     md = out / "report.md"
     md.write_text(_markdown(exp, base, summaries, comparisons, figures, landscapes, sources))
 
@@ -198,7 +195,7 @@ def _landscapes(exp: Experiment) -> dict[str, list[dict]]:
     found: dict[str, list[dict]] = {}
     for c in exp.configs.values():
         for s in c.seeds:
-            f = exp.dir / "runs" / c.config_id / f"seed{s.seed}" / LANDSCAPE_FILE
+            f = run_dir(exp.dir, c.config_id, s.seed) / LANDSCAPE_DIR / LANDSCAPE_FILE
             if f.is_file():
                 d = json.loads(f.read_text())
                 found.setdefault(c.config_id, []).append(
@@ -437,11 +434,3 @@ def _seeds(n: float) -> str:
 def _mean_std(values: list[float]) -> str:
     v = np.asarray(values, dtype=float)
     return f"{_n(float(v.mean()))} ± {_n(float(v.std(ddof=1)) if v.size > 1 else math.nan)}"
-
-
-def _json_default(o: Any):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

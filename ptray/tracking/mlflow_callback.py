@@ -10,7 +10,8 @@ from pathlib import Path
 from ray.tune import Callback
 
 from ptray.distributed.trial import seeds_of
-from ptray.tracking.results import RESULT_FILE, RUNS_DIR, SeedResult
+from ptray.layout import RESULT_FILE, run_dir
+from ptray.tracking.results import SeedResult
 from ptray.tracking.store import Tracker, log_experiment, resolve_tracking_uri
 
 __all__ = ["MLflowSeedCallback", "log_experiment", "resolve_tracking_uri"]
@@ -76,7 +77,7 @@ class MLflowSeedCallback(Callback):
         c = trial.config
         cid = c["config_id"]
         for seed in seeds_of(c):
-            path = Path(self.experiment_dir) / RUNS_DIR / cid / f"seed{seed}" / RESULT_FILE
+            path = run_dir(self.experiment_dir, cid, seed) / RESULT_FILE
             if path.is_file():
                 result = SeedResult.from_file(path, cid)
             else:

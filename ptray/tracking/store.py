@@ -24,13 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from ptray.analysis import stats
-from ptray.tracking.results import (
-    ConfigResults, SeedResult, load_config_seeds, load_experiment, read_experiment_json,
-)
+from ptray.layout import ADAPTER_FILE, ARTIFACTS_DIR, DB_FILE, REPORT_DIR, read_experiment_json
+from ptray.tracking.results import ConfigResults, SeedResult, load_config_seeds, load_experiment
 
-DB_FILE = "mlflow.db"
 EXPERIMENT_KIND = "mlflow.experimentKind"
-ARTIFACTS_DIR = "mlartifacts"
 # MLflow refuses longer tag values (8000 in MLflow 3); a traceback's head says enough.
 _MAX_TAG = 5000
 _MAX_PARAM = 6000
@@ -245,7 +242,7 @@ class Tracker:
                     continue  # the callback recorded why the trial died; "no result.json" would say less
                 self.finish_seed(c, r)
             self.update_parent(c)
-            figures = config_figures(c, exp.dir / "report" / "configs" / c.config_id)
+            figures = config_figures(c, exp.dir / REPORT_DIR / "configs" / c.config_id)
             self.log_artifacts(c.config_id, figures, "figures")
             self.client.set_terminated(self.parent(c.config_id, c.label, c.overrides), "FINISHED")
         self._log_best_adapter(exp)
@@ -263,7 +260,7 @@ class Tracker:
             return
         config = max(ranked, key=lambda c: sum(map(score, c.seeds)) / len(c.seeds))
         best = max(config.seeds, key=score)
-        adapter = best.path.parent / "adapter.safetensors" if best.path is not None else None
+        adapter = best.path.parent / ADAPTER_FILE if best.path is not None else None
         if adapter is None or not adapter.is_file():
             return
         chosen = f"{config.config_id}/seed{best.seed}"

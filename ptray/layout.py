@@ -1,0 +1,95 @@
+"""The experiment folder: every file and folder name in it, how a config and a seed find their run folder, and how
+JSON is written there. The core, `ptray tune`, the results, MLflow and the report all read and
+write a run through this module, so the contract is stated once. No torch and no Ray: the driver and the report import
+it cheaply.
+
+    DIR/experiment.json                      name, base config, seeds, configs {config_id: {overrides, label}}
+    DIR/runs/<config_id>/seed<N>/            one per (config, seed), failed and stopped seeds included
+        result.json                          the seed's outcome (status, reason, metrics, history, config)
+        adapter.safetensors                  the trained prompt (the core's `train` writes both)
+        landscape/landscape.json, .png       `ptray landscape` of that seed
+    DIR/report/                              `ptray report` (report.md, stats.json, figures; configs/<config_id>/)
+    DIR/confirm/                             the confirmation run on fresh seeds: an experiment folder of its own
+    DIR/ray/                                 Ray Tune's storage (unless tune.storage_path says otherwise)
+    DIR/logs/                                Ray's own output (ray.log) and each trial's (trials/)
+    DIR/mlflow.db, DIR/mlartifacts/          the local MLflow store (unless tracking.uri / MLFLOW_TRACKING_URI)
+    DIR/.ptray.lock                          held by the one `ptray tune` that owns the folder
+
+`ptray train` writes one seed's result.json and adapter.safetensors straight into its --output folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EXPERIMENT_FILE = "experiment.json"
+RUNS_DIR = "runs"
+RESULT_FILE = "result.json"
+ADAPTER_FILE = "adapter.safetensors"
+LANDSCAPE_DIR = "landscape"
+LANDSCAPE_FILE = "landscape.json"
+REPORT_DIR = "report"
+CONFIRM_DIR = "confirm"
+RAY_DIR = "ray"
+LOG_DIR = "logs"
+DB_FILE = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+LOCK_FILE = ".ptray.lock"
+_SEED_PREFIX = "seed"
+
+
+# --- where a run lives ------------------------------------------------------------------------------------------------
+def seed_dir(seed: int | str) -> str:
+    """A seed's folder name, seed<N> (under runs/<config_id>/, and in a trial's checkpoint, which mirrors it)."""
+    return f"{_SEED_PREFIX}{seed}"
+
+
+def seed_of_dir(folder: str | Path) -> int:
+    """The seed a seed<N> folder belongs to."""
+    return int(Path(folder).name.removeprefix(_SEED_PREFIX))
+
+
+def run_dir(experiment_dir: str | Path, config_id: str, seed: int) -> Path:
+    return Path(experiment_dir) / RUNS_DIR / config_id / seed_dir(seed)
+
+
+def result_files(experiment_dir: str | Path, config_id: str) -> list[Path]:
+    """Every result.json of a config's seeds on disk."""
+    return sorted((Path(experiment_dir) / RUNS_DIR / config_id).glob(f"{seed_dir('*')}/{RESULT_FILE}"))
+
+
+def read_experiment_json(experiment_dir: str | Path) -> dict:
+    path = Path(experiment_dir) / EXPERIMENT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{experiment_dir} is not a ptray experiment folder: {EXPERIMENT_FILE} is missing; "
+            f"pass the folder that `ptray tune` wrote (its --output)"
+        )
+    return json.loads(path.read_text())
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write to a temporary file beside `path`, then rename it: a reader (the driver, the report, a resume) never sees
+    half a file, even when the writer is killed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A name of its own per write, so two writers never share one; made with the usual permissions (not mkstemp's
+    # owner-only ones), as the file it replaces.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "x") as f:
+            json.dump(data, f, indent=2, default=_json_default)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _json_default(o: Any) -> Any:
+    # numpy numbers (metrics computed with numpy) as numbers; anything else (a Path) as its text, never a lost result.
+    return o.item() if isinstance(o, np.generic) else str(o)
