@@ -1,5 +1,5 @@
-"""The experiment folder: every file and folder name in it, how a config and a seed find their run folder, and how
-JSON is written there. The core, `ptray tune`, the results, MLflow and the report all read and
+"""The experiment folder: every file and folder name in it, how a config and a seed find their run folder, config ids
+and dotted config keys, and how JSON is written there. The core, `ptray tune`, the results, MLflow and the report all read and
 write a run through this module, so the contract is stated once. No torch and no Ray: the driver and the report import
 it cheaply.
 
@@ -19,6 +19,8 @@ it cheaply.
 """
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import os
 import uuid
@@ -93,3 +95,54 @@ def write_json(path: str | Path, data: Any) -> None:
 def _json_default(o: Any) -> Any:
     # numpy numbers (metrics computed with numpy) as numbers; anything else (a Path) as its text, never a lost result.
     return o.item() if isinstance(o, np.generic) else str(o)
+
+
+# --- which config ---------------------------------------------------------------------------------------------------
+def config_id(overrides: dict[str, Any]) -> str:
+    """A searched config's identity (its folder name, its MLflow parent run): 12 hex chars of the sha1 of the
+    overrides' canonical JSON (sorted keys), so the same values give the same id. The seed is never part of it."""
+    canonical = json.dumps(overrides, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(canonical.encode()).hexdigest()[:12]
+
+
+def label(overrides: dict[str, Any]) -> str:
+    """A readable name for a config: its searched values, or `base` when nothing is searched."""
+    return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "base"
+
+
+# --- dotted keys (`train.lr` is config["train"]["lr"]) ----------------------------------------------------------------
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 0.1}} -> {"train.lr": 0.1}; an empty section stays a value ({})."""
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def lookup(config: dict[str, Any], key: str) -> Any:
+    """The value at a dotted key; KeyError naming the first part that is missing."""
+    node: Any = config
+    for i, part in enumerate(key.split(".")):
+        if not isinstance(node, dict) or part not in node:
+            where = ".".join(key.split(".")[:i]) or "the config"
+            raise KeyError(f"{key} is not a key of the experiment config ({where} has no {part!r})")
+        node = node[part]
+    return node
+
+
+def with_values(config: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `config` with dotted keys set in order, missing sections made; ValueError where a key passes
+    through a value."""
+    out = copy.deepcopy(config)
+    for key, value in values.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{p!r} is a value, not a section")
+        node[leaf] = value
+    return out

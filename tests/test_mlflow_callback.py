@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ptray.distributed.ids import config_id, label
+from ptray.layout import config_id, label
 
 from test_tracking import check_mlflow_structure
 

@@ -29,7 +29,7 @@ from conftest import tiny_config
 from ptray.analysis import stats
 from ptray.cli import main
 from ptray.config import apply_overrides, config_from_dict
-from ptray.distributed.ids import config_id, label
+from ptray.layout import config_id, label
 from ptray.tracking.results import load_experiment
 from ptray.tracking.store import log_experiment, resolve_tracking_uri
 from ptray.tracking.summary import print_summary

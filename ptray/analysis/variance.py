@@ -19,7 +19,7 @@ import numpy as np
 from scipy import stats as st
 
 from ptray.analysis.stats import MIN_SEEDS
-from ptray.distributed.ids import label
+from ptray.layout import label
 from ptray.tracking.results import ConfigResults, Experiment, SeedResult
 
 SOURCES = ("sample", "init", "order")

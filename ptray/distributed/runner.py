@@ -26,12 +26,11 @@ from typing import Any, TextIO
 from urllib.parse import urlparse
 
 from ptray.config import ConfigError, ExperimentConfig, TuneConfig, config_from_dict, load_config
-from ptray.distributed.ids import config_id, label
 from ptray.distributed.progress import LiveView
 from ptray.distributed.search import ListSearcher, SearchPlan, selection_score, trial_config
 from ptray.distributed.trial import ResultWriter, TrialSpec, run_trial, seeds_of
-from ptray.layout import (CONFIRM_DIR, EXPERIMENT_FILE, LOCK_FILE, LOG_DIR, RAY_DIR, RESULT_FILE, read_experiment_json,
-                          run_dir, write_json)
+from ptray.layout import (CONFIRM_DIR, EXPERIMENT_FILE, LOCK_FILE, LOG_DIR, RAY_DIR, RESULT_FILE, config_id, label,
+                          read_experiment_json, run_dir, write_json)
 
 INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C
 

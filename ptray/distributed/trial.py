@@ -34,8 +34,8 @@ from ray import tune
 from ray.train import UserCallback
 
 from ptray.config import ExperimentConfig, config_from_dict
-from ptray.distributed.search import with_values
-from ptray.layout import ADAPTER_FILE, EXPERIMENT_FILE, RESULT_FILE, read_experiment_json, run_dir, seed_dir, write_json
+from ptray.layout import (ADAPTER_FILE, EXPERIMENT_FILE, RESULT_FILE, read_experiment_json, run_dir, seed_dir,
+                          with_values, write_json)
 
 ALREADY_FILED = "already_filed"  # a trial's last report when its seeds' results were filed before it ran
 STOPPING_SCHEDULERS = ("asha",)  # the schedulers that end trials early (pruning); PBT / PB2 pause and restart theirs

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ptray.analysis import stats
-from ptray.layout import ADAPTER_FILE, ARTIFACTS_DIR, DB_FILE, REPORT_DIR, read_experiment_json
+from ptray.layout import ADAPTER_FILE, ARTIFACTS_DIR, DB_FILE, REPORT_DIR, flatten, read_experiment_json
 from ptray.tracking.results import ConfigResults, SeedResult, load_config_seeds, load_experiment
 
 EXPERIMENT_KIND = "mlflow.experimentKind"
@@ -117,7 +117,7 @@ class Tracker:
 
     def _params(self, overrides: dict) -> dict:
         """Everything that defines a config but the seed: the base config with the searched values on top."""
-        flat = _flatten({k: v for k, v in (self.meta.get("config") or {}).items() if k not in ("tune", "tracking")})
+        flat = flatten({k: v for k, v in (self.meta.get("config") or {}).items() if k not in ("tune", "tracking")})
         flat.update(overrides)
         flat.pop("train.seed", None)
         return flat
@@ -148,7 +148,7 @@ class Tracker:
             full = {k: v for k, v in result.raw["config"].items() if k not in ("tune", "tracking")}
             # seeds.*: the seed each source of variance had (sample, init, order), resolved where the config left it unset.
             seeds = {f"seeds.{k}": v for k, v in (result.raw.get("seeds") or {}).items()}
-            self._add_params(run_id, {**_flatten(full), **seeds, **config.overrides})
+            self._add_params(run_id, {**flatten(full), **seeds, **config.overrides})
         now = _now_ms()
         # Per-step history from result.json: only the steps the live callback did not already log.
         points = []
@@ -280,16 +280,6 @@ def run_name(overrides: dict) -> str:
     without its section, a `.name` key by its value alone (`residual, num_tokens=10`)."""
     parts = [str(v) if k.endswith(".name") else f"{k.rsplit('.', 1)[-1]}={v}" for k, v in overrides.items()]
     return ", ".join(parts) or "base"
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _text(v: Any, limit: int) -> str:
