@@ -26,7 +26,7 @@ import pytest
 from scipy import stats as st
 
 from conftest import tiny_config
-from ptray.analysis import stats
+from ptray import stats
 from ptray.cli import main
 from ptray.config import apply_overrides, config_from_dict
 from ptray.layout import config_id, label

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ptray.analysis import plots, stats, variance
+from ptray import stats
+from ptray.analysis import plots, variance
 from ptray.layout import LANDSCAPE_DIR, LANDSCAPE_FILE, REPORT_DIR, run_dir, write_json
 from ptray.tracking.results import ConfigResults, Experiment, load_experiment
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ptray.analysis import stats
+from ptray import stats
 from ptray.layout import RUNS_DIR, read_experiment_json, result_files, seed_of_dir
 
 MISSING_REASON = "no result.json: the trial crashed before training finished, or has not run yet"

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ptray.analysis import stats
+from ptray import stats
 from ptray.layout import ADAPTER_FILE, ARTIFACTS_DIR, DB_FILE, REPORT_DIR, flatten, read_experiment_json
 from ptray.tracking.results import ConfigResults, SeedResult, load_config_seeds, load_experiment
 
