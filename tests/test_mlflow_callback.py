@@ -81,7 +81,8 @@ def test_callback_writes_parent_and_child_runs(tmp_path):
     from mlflow import MlflowClient
     from ray import tune
 
-    from ptray.tracking.mlflow_callback import MLflowSeedCallback, log_experiment
+    from ptray.analysis.report import log_experiment
+    from ptray.distributed.mlflow_callback import MLflowSeedCallback
     from ptray.tracking.store import resolve_tracking_uri
 
     exp_dir = tmp_path / "cb-exp"

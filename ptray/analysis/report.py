@@ -8,7 +8,7 @@
 Every config's statistics are `ConfigResults.summary` (the numbers of the `ptray tune` table and of the MLflow parent
 runs), the figures are drawn from the same per-seed values, and the comparisons are `stats.compare` over them; each
 comparison ends with a sentence that says what its numbers mean. The figures and the report are also logged to the
-config's parent runs in MLflow.
+config's parent runs in MLflow (`log_experiment`, also how `ptray tune` logs a folder at its end).
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from ptray import stats
 from ptray.analysis import plots, variance
 from ptray.layout import LANDSCAPE_DIR, LANDSCAPE_FILE, REPORT_DIR, run_dir, write_json
 from ptray.tracking.results import ConfigResults, Experiment, load_experiment
+from ptray.tracking.store import Tracker, open_tracker
 
 
 def config_figures(c: ConfigResults, folder: str | Path) -> list[Path]:
@@ -36,6 +37,20 @@ def config_figures(c: ConfigResults, folder: str | Path) -> list[Path]:
         if any(curves.values()):
             files.append(plots.learning_curves({c.label: curves}, folder / name, key))
     return files
+
+
+def log_experiment(directory: str | Path, tracking_uri: str | None = None) -> Tracker:
+    """Log (or bring up to date) an experiment folder in MLflow from its result.json files: every config and seed
+    (`Tracker.sync`, idempotent), and each config's figures on its parent run."""
+    tracker = open_tracker(directory, tracking_uri)
+    log_config_figures(tracker, tracker.sync())
+    return tracker
+
+
+def log_config_figures(tracker: Tracker, exp: Experiment) -> None:
+    for c in exp.configs.values():
+        figures = config_figures(c, exp.dir / REPORT_DIR / "configs" / c.config_id)
+        tracker.log_artifacts(c.config_id, figures, "figures")
 
 
 def write_report(directory: str | Path, baseline: str | None = None, log_mlflow: bool = True,
@@ -79,8 +94,6 @@ def write_report(directory: str | Path, baseline: str | None = None, log_mlflow:
     md.write_text(_markdown(exp, base, summaries, comparisons, figures, landscapes, sources))
 
     if log_mlflow:
-        from ptray.tracking.store import log_experiment
-
         tracker = log_experiment(exp.dir, tracking_uri)
         files = [md, out / "stats.json", *figures.values()]
         for c in configs:

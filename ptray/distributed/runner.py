@@ -400,7 +400,7 @@ class _Runner:
         the grid of `param_space`. True when all its trials ended."""
         from ray import tune
 
-        from ptray.tracking.mlflow_callback import MLflowSeedCallback
+        from ptray.distributed.mlflow_callback import MLflowSeedCallback
 
         meta = read_experiment_json(exp_dir)
         trainable = tune.with_resources(tune.with_parameters(run_trial, spec=self.spec), self.spec.trial_resources())
@@ -442,7 +442,7 @@ class _Runner:
         print(text, file=self.console or sys.stdout, flush=True)
 
     def log_and_print(self) -> None:
-        from ptray.tracking.mlflow_callback import log_experiment
+        from ptray.analysis.report import log_experiment
         from ptray.tracking.summary import print_summary
 
         for d in (self.dir, self.confirm_dir):

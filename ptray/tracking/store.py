@@ -9,10 +9,11 @@
                                   ptray.failure_reason on failure; ptray.at_majority
 
 One writer: `Tracker` is used from one process only, the Ray Tune driver (through
-`ptray.tracking.mlflow_callback.MLflowSeedCallback`) or the CLI, so concurrent trials never race on the store (SQLite
-locks under concurrent writers). `log_experiment(DIR, uri)` writes the same structure from the result.json files
-alone: idempotent, it fills in what the callback missed (seeds that crashed before their first report) and is how a
-finished folder is (re)logged. No Ray import here: the report and the UI use this module without a cluster.
+`ptray.distributed.mlflow_callback.MLflowSeedCallback`) or the CLI, so concurrent trials never race on the store
+(SQLite locks under concurrent writers). `Tracker.sync` writes the same structure from the result.json files alone:
+idempotent, it fills in what the callback missed (seeds that crashed before their first report). A finished folder is
+(re)logged by `ptray.analysis.report.log_experiment`, which adds each config's figures. No Ray import here: the report
+and the UI use this module without a cluster.
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ptray import stats
-from ptray.layout import ADAPTER_FILE, ARTIFACTS_DIR, DB_FILE, REPORT_DIR, flatten, read_experiment_json
-from ptray.tracking.results import ConfigResults, SeedResult, load_config_seeds, load_experiment
+from ptray.layout import ADAPTER_FILE, ARTIFACTS_DIR, DB_FILE, flatten, read_experiment_json
+from ptray.tracking.results import ConfigResults, Experiment, SeedResult, load_config_seeds, load_experiment
 
 EXPERIMENT_KIND = "mlflow.experimentKind"
 # MLflow refuses longer tag values (8000 in MLflow 3); a traceback's head says enough.
@@ -42,13 +43,11 @@ def resolve_tracking_uri(experiment_dir: str | Path, config: dict | None = None)
     return uri or f"sqlite:///{Path(experiment_dir).resolve() / DB_FILE}"
 
 
-def log_experiment(experiment_dir: str | Path, tracking_uri: str | None = None) -> "Tracker":
-    """Log (or bring up to date) every config and seed of an experiment folder from its result.json files."""
+def open_tracker(experiment_dir: str | Path, tracking_uri: str | None = None) -> "Tracker":
+    """The Tracker of an experiment folder: at `tracking_uri`, else where the folder's config says."""
     meta = read_experiment_json(experiment_dir)
     uri = tracking_uri or resolve_tracking_uri(experiment_dir, meta.get("config"))
-    tracker = Tracker(uri, meta.get("name") or Path(experiment_dir).name, experiment_dir)
-    tracker.sync()
-    return tracker
+    return Tracker(uri, meta.get("name") or Path(experiment_dir).name, experiment_dir)
 
 
 class Tracker:
@@ -229,10 +228,8 @@ class Tracker:
         return ConfigResults(config_id, label, overrides, first.get("config") or self.meta.get("config") or {},
                              primary, [seeds[k] for k in sorted(seeds)])
 
-    def sync(self) -> None:
-        """Every config and seed of the folder from its result.json files, plus per-config figures; parents end."""
-        from ptray.analysis.report import config_figures
-
+    def sync(self) -> Experiment:
+        """Every config and seed of the folder from its result.json files; parents end. Returns the folder's results."""
         exp = load_experiment(self.dir)
         for c in exp.configs.values():
             for r in c.seeds:
@@ -242,12 +239,11 @@ class Tracker:
                     continue  # the callback recorded why the trial died; "no result.json" would say less
                 self.finish_seed(c, r)
             self.update_parent(c)
-            figures = config_figures(c, exp.dir / REPORT_DIR / "configs" / c.config_id)
-            self.log_artifacts(c.config_id, figures, "figures")
             self.client.set_terminated(self.parent(c.config_id, c.label, c.overrides), "FINISHED")
         self._log_best_adapter(exp)
+        return exp
 
-    def _log_best_adapter(self, exp) -> None:
+    def _log_best_adapter(self, exp: Experiment) -> None:
         """The adapter a user would take away: of the config with the best mean selection score over its seeds,
         the seed with the best selection score, with its result.json (the full config), as `best_adapter/` of that
         config's parent run (tagged ptray.best). Chosen on the selection split only, never the report split."""
