@@ -29,7 +29,6 @@ from ray.tune.search.repeater import TRIAL_INDEX
 from ptray.config import ConfigError, ExperimentConfig, TuneConfig, config_from_dict
 from ptray.layout import config_id, label, lookup, with_values
 
-IDENTITY = ("config_id", "seed", "overrides", "label")
 PBT_MEMBER = "pbt.member"  # identity of a population slot (not a config key)
 EVOLVING = ("pbt", "pb2")
 # Initial draws (random configs, PBT populations) come from a fixed stream: the same YAML gives the same configs,
