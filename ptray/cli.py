@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -19,7 +18,8 @@ def _offline_defaults() -> None:
 
 def cmd_train(args) -> int:
     from ptray.config import load_config
-    from ptray.core.train import RESULT_FILE, prepare, train
+    from ptray.core.train import prepare, train
+    from ptray.layout import EXPERIMENT_FILE, RESULT_FILE
 
     overrides = list(args.overrides)
     if args.seed is not None:
@@ -27,7 +27,7 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config, overrides)
     # Not outputs/<config>/: that is where `ptray tune` keeps the experiment of the same config.
     out = Path(args.output or f"outputs/train/{Path(args.config).stem}/seed{cfg.train.seed}")
-    experiment = next((d for d in [out, *out.parents] if (d / "experiment.json").is_file()), None)
+    experiment = next((d for d in [out, *out.parents] if (d / EXPERIMENT_FILE).is_file()), None)
     if experiment is not None:
         raise SystemExit(f"error: {out} lies inside the tune experiment {experiment}; give `ptray train` another "
                          "--output (its runs are filed by `ptray tune` itself)")
@@ -43,8 +43,10 @@ def cmd_train(args) -> int:
 
 
 def _print_result(result: dict, out: Path) -> None:
+    from ptray.layout import RESULT_FILE
+
     if result["status"] != "ok":
-        print(f"seed {result['seed']}: FAILED: {result['reason']}  ({out / 'result.json'})")
+        print(f"seed {result['seed']}: FAILED: {result['reason']}  ({out / RESULT_FILE})")
         return
     sel = ", ".join(f"{k}={v:.4f}" for k, v in (result["selection_metrics"] or {}).items())
     rep = ", ".join(f"{k}={v:.4f}" for k, v in result["report_metrics"].items())
@@ -71,8 +73,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from ptray.tracking.results import read_experiment_json
-    from ptray.tracking.store import DB_FILE, resolve_tracking_uri
+    from ptray.layout import DB_FILE, read_experiment_json
+    from ptray.tracking.store import resolve_tracking_uri
     from ptray.tracking.ui import port_free, serve
 
     try:

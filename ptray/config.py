@@ -11,6 +11,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ptray.layout import with_values
+
 
 class ConfigError(ValueError):
     """A config that cannot run; the message says which key is wrong and how to fix it."""
@@ -440,18 +442,15 @@ def _looks_like_float(s: str) -> bool:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of `data` with the command line's key.sub=value overrides set, in order."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value (for example train.lr=0.01)")
         key, raw = item.split("=", 1)
-        node = data
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            child = node.setdefault(p, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {p!r} is a value, not a section")
-            node = child
-        node[parts[-1]] = _parse_value(raw)
+        try:
+            data = with_values(data, {key.strip(): _parse_value(raw)})
+        except ValueError as e:
+            raise ConfigError(f"override {item!r}: {e}") from None
     return data
 
 

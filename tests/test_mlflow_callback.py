@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ptray.distributed.ids import config_id, label
+from ptray.layout import config_id, label
 
 from test_tracking import check_mlflow_structure
 
@@ -81,7 +81,8 @@ def test_callback_writes_parent_and_child_runs(tmp_path):
     from mlflow import MlflowClient
     from ray import tune
 
-    from ptray.tracking.mlflow_callback import MLflowSeedCallback, log_experiment
+    from ptray.analysis.report import log_experiment
+    from ptray.distributed.mlflow_callback import MLflowSeedCallback
     from ptray.tracking.store import resolve_tracking_uri
 
     exp_dir = tmp_path / "cb-exp"

@@ -15,7 +15,8 @@ from ptray.core.data import Encoder, collate
 from ptray.core.model import option_loss
 from ptray.core.engine import close_engine
 from ptray.core.packing import PackedModel, build_pack, check_pack, train_packed
-from ptray.core.train import ADAPTER_FILE, RESULT_FILE, build_model, prepare, train
+from ptray.core.train import build_model, prepare, train
+from ptray.layout import ADAPTER_FILE, RESULT_FILE
 
 SEEDS = [0, 1, 2]
 # Clipping bites (gradient norms here are ~0.1-1) and two micro-batches accumulate: both must stay per seed.

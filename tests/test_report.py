@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ptray.analysis import stats
+from ptray import stats
 from ptray.analysis.report import comparison_sentence
 
 MAJORITY = 0.5

@@ -12,7 +12,8 @@ from ptray.config import ConfigError, config_from_dict
 from ptray.core import backbone as bb
 from ptray.core.data import Encoder, batches
 from ptray.core.engine import build_engine, close_engine
-from ptray.core.train import ADAPTER_FILE, build_model, prepare, train
+from ptray.core.train import build_model, prepare, train
+from ptray.layout import ADAPTER_FILE
 
 H = 384  # MiniLM's hidden size
 

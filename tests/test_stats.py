@@ -1,4 +1,4 @@
-"""Every statistic in ptray.analysis.stats against an independent numpy/scipy computation."""
+"""Every statistic in ptray.stats against an independent numpy/scipy computation."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from ptray.analysis.stats import (
+from ptray.stats import (
     MIN_SEEDS,
     SUMMARY_STATISTICS,
     at_or_below,

@@ -26,12 +26,13 @@ import pytest
 from scipy import stats as st
 
 from conftest import tiny_config
-from ptray.analysis import stats
+from ptray import stats
+from ptray.analysis.report import log_experiment
 from ptray.cli import main
 from ptray.config import apply_overrides, config_from_dict
-from ptray.distributed.ids import config_id, label
+from ptray.layout import config_id, label
 from ptray.tracking.results import load_experiment
-from ptray.tracking.store import log_experiment, resolve_tracking_uri
+from ptray.tracking.store import resolve_tracking_uri
 from ptray.tracking.summary import print_summary
 
 # Every test here builds on real training (the `experiment` fixture trains five tiny seeds, ~30-40 s on 2 cores).

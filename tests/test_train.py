@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 from conftest import tiny_config
 from ptray.config import config_from_dict
 from ptray.core import backbone as bb
-from ptray.core.train import ADAPTER_FILE, RESULT_FILE, build_model, prepare, train
+from ptray.core.train import build_model, prepare, train
+from ptray.layout import ADAPTER_FILE, RESULT_FILE
 
 
 def run(data_dir, tmp_path=None, **sections):

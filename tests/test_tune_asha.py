@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ptray.distributed.ids import config_id
+from ptray.layout import config_id
 from tune_util import results, run_ptray, write_config
 
 

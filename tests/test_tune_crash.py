@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from ptray.distributed.ids import config_id
+from ptray.layout import config_id
 from ptray.tracking.store import resolve_tracking_uri
 from test_tracking import check_mlflow_structure
 from tune_util import ptray_cmd, results, write_config

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from ptray.analysis import stats
+from ptray import stats
 from ptray.config import ConfigError, config_from_dict
 from ptray.distributed.search import SearchPlan
 from ptray.tracking.store import resolve_tracking_uri

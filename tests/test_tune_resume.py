@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import REPO
-from ptray.distributed.ids import config_id
+from ptray.layout import config_id
 from tune_util import ptray_cmd, results, run_ptray, write_config
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from ptray.distributed.ids import config_id
+from ptray.layout import config_id
 from tune_util import results, run_ptray, write_config
 
 

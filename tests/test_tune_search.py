@@ -10,8 +10,8 @@ import pytest
 
 from conftest import REPO, tiny_config
 from ptray.config import ConfigError, config_from_dict, load_config
-from ptray.distributed.ids import config_id
-from ptray.distributed.search import ListSearcher, SearchPlan, selection_score, with_values
+from ptray.distributed.search import ListSearcher, SearchPlan, selection_score
+from ptray.layout import config_id, with_values
 
 
 def plan_of(data_dir, tune, **sections) -> SearchPlan:

@@ -10,7 +10,7 @@ from scipy import stats as st
 
 from ptray.analysis import variance
 from ptray.analysis.report import write_report
-from ptray.distributed.ids import config_id, label
+from ptray.layout import config_id, label
 from ptray.tracking.results import load_experiment
 
 

@@ -1,1 +1,2 @@
-"""Stability analysis over per-seed results: statistics (``stats``) and figures (``plots``)."""
+"""Stability analysis over per-seed results: figures (``plots``), the report (``report``, which also logs a folder to
+MLflow with its figures) and loss landscapes (``landscape``). The statistics themselves are ptray.stats."""

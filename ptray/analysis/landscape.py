@@ -13,13 +13,13 @@ mean(L(θ + a·d1 + b·d2) - L(θ)) over a² + b² <= radius². Flatter surround
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
-OUT_DIR = "landscape"
+from ptray.layout import ADAPTER_FILE, LANDSCAPE_DIR, LANDSCAPE_FILE, RESULT_FILE, write_json
+
 SPLITS = ("train", "selection", "report")
 DIRECTIONS = ("gradient", "random")
 
@@ -63,15 +63,15 @@ def landscape(result_dir: str | Path, directions: str = "gradient", points: int 
     config = result["config"]
     if data_dir is not None:
         config = {**config, "task": {**config["task"], "data_dir": data_dir}}
-    cfg = config_from_dict(config, str(result_dir / "result.json"))
+    cfg = config_from_dict(config, str(result_dir / RESULT_FILE))
     p = prepare(cfg)
     seed_everything(cfg.source_seeds()["init"])  # the head as training built it
     model, encoder, data = load_model(cfg, p)
-    state = load_file(str(result_dir / "adapter.safetensors"))
+    state = load_file(str(result_dir / ADAPTER_FILE))
     trainable = {k for k, v in model.named_parameters() if v.requires_grad}
     if set(state) != trainable:
         raise ValueError(
-            f"{result_dir}/adapter.safetensors holds {sorted(state)}, but method {cfg.method.name!r} trains "
+            f"{result_dir}/{ADAPTER_FILE} holds {sorted(state)}, but method {cfg.method.name!r} trains "
             f"{sorted(trainable)}: this method saves its prompt in another form, which the landscape cannot restore"
         )
     model.load_trainable_state(state)
@@ -128,10 +128,9 @@ def landscape(result_dir: str | Path, directions: str = "gradient", points: int 
         "mean_loss_increase": float(np.mean(losses[inside] - center)), "n_inside": int(inside.sum()),
         "prompt_norm": math.sqrt(_dot(theta, theta)),
     }
-    folder = Path(out_dir) if out_dir is not None else result_dir / OUT_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "landscape.json").write_text(json.dumps(out, indent=2))
-    out["png"] = str(plot_landscape(out, folder / "landscape.png"))
+    path = (Path(out_dir) if out_dir is not None else result_dir / LANDSCAPE_DIR) / LANDSCAPE_FILE
+    write_json(path, out)
+    out["png"] = str(plot_landscape(out, path.with_suffix(".png")))
     return out
 
 

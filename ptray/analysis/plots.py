@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from ptray.analysis.stats import expected_max_performance  # noqa: E402
+from ptray.stats import expected_max_performance  # noqa: E402
 
 __all__ = ["seed_strip_plot", "learning_curves", "expected_max_plot", "std_vs_param"]
 

@@ -8,7 +8,7 @@
 Every config's statistics are `ConfigResults.summary` (the numbers of the `ptray tune` table and of the MLflow parent
 runs), the figures are drawn from the same per-seed values, and the comparisons are `stats.compare` over them; each
 comparison ends with a sentence that says what its numbers mean. The figures and the report are also logged to the
-config's parent runs in MLflow.
+config's parent runs in MLflow (`log_experiment`, also how `ptray tune` logs a folder at its end).
 """
 from __future__ import annotations
 
@@ -16,15 +16,14 @@ import json
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from ptray.analysis import plots, stats, variance
+from ptray import stats
+from ptray.analysis import plots, variance
+from ptray.layout import LANDSCAPE_DIR, LANDSCAPE_FILE, REPORT_DIR, run_dir, write_json
 from ptray.tracking.results import ConfigResults, Experiment, load_experiment
-
-REPORT_DIR = "report"
-LANDSCAPE_FILE = "landscape/landscape.json"
+from ptray.tracking.store import Tracker, open_tracker
 
 
 def config_figures(c: ConfigResults, folder: str | Path) -> list[Path]:
@@ -38,6 +37,20 @@ def config_figures(c: ConfigResults, folder: str | Path) -> list[Path]:
         if any(curves.values()):
             files.append(plots.learning_curves({c.label: curves}, folder / name, key))
     return files
+
+
+def log_experiment(directory: str | Path, tracking_uri: str | None = None) -> Tracker:
+    """Log (or bring up to date) an experiment folder in MLflow from its result.json files: every config and seed
+    (`Tracker.sync`, idempotent), and each config's figures on its parent run."""
+    tracker = open_tracker(directory, tracking_uri)
+    log_config_figures(tracker, tracker.sync())
+    return tracker
+
+
+def log_config_figures(tracker: Tracker, exp: Experiment) -> None:
+    for c in exp.configs.values():
+        figures = config_figures(c, exp.dir / REPORT_DIR / "configs" / c.config_id)
+        tracker.log_artifacts(c.config_id, figures, "figures")
 
 
 def write_report(directory: str | Path, baseline: str | None = None, log_mlflow: bool = True,
@@ -76,13 +89,11 @@ def write_report(directory: str | Path, baseline: str | None = None, log_mlflow:
                                          "summary": summaries[c.config_id],
                                          "comparison": comparisons.get(c.config_id)} for c in configs},
                "landscapes": landscapes, "variance_sources": [asdict(f) for f in sources]}
-    (out / "stats.json").write_text(json.dumps(numbers, indent=2, default=_json_default))
+    write_json(out / "stats.json", numbers)
     md = out / "report.md"
     md.write_text(_markdown(exp, base, summaries, comparisons, figures, landscapes, sources))
 
     if log_mlflow:
-        from ptray.tracking.store import log_experiment
-
         tracker = log_experiment(exp.dir, tracking_uri)
         files = [md, out / "stats.json", *figures.values()]
         for c in configs:
@@ -198,7 +209,7 @@ def _landscapes(exp: Experiment) -> dict[str, list[dict]]:
     found: dict[str, list[dict]] = {}
     for c in exp.configs.values():
         for s in c.seeds:
-            f = exp.dir / "runs" / c.config_id / f"seed{s.seed}" / LANDSCAPE_FILE
+            f = run_dir(exp.dir, c.config_id, s.seed) / LANDSCAPE_DIR / LANDSCAPE_FILE
             if f.is_file():
                 d = json.loads(f.read_text())
                 found.setdefault(c.config_id, []).append(
@@ -437,11 +448,3 @@ def _seeds(n: float) -> str:
 def _mean_std(values: list[float]) -> str:
     v = np.asarray(values, dtype=float)
     return f"{_n(float(v.mean()))} ± {_n(float(v.std(ddof=1)) if v.size > 1 else math.nan)}"
-
-
-def _json_default(o: Any):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as st
 
-from ptray.analysis.stats import MIN_SEEDS
-from ptray.distributed.ids import label
+from ptray.layout import label
+from ptray.stats import MIN_SEEDS
 from ptray.tracking.results import ConfigResults, Experiment, SeedResult
 
 SOURCES = ("sample", "init", "order")

@@ -28,9 +28,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ptray.layout import ADAPTER_FILE, RESULT_FILE
+
 FORMATS = ("peft",)
-RESULT_FILE = "result.json"  # as ptray.core.train writes them (not imported: that module pulls in torch)
-ADAPTER_FILE = "adapter.safetensors"
 
 # What an export writes; --overwrite replaces these and leaves anything else in the folder alone.
 PEFT_CONFIG = "adapter_config.json"

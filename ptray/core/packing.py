@@ -31,6 +31,7 @@ from ptray.core.methods import Prompted
 from ptray.core.model import PromptModel, option_loss
 from ptray.core.train import (Diverged, Prepared, Reporter, TrainLoop, _world, build_engine, check_loss, load_model,
                               new_result, predict, prepare, resume, seed_everything, total_steps, write_result)
+from ptray.layout import flatten
 
 # Methods whose prompt is a function of the seed's own parameters and the input alone (no kv-prefixes), so their
 # prompted rows can join one backbone pass.
@@ -81,14 +82,8 @@ def check_pack(cfgs: list[ExperimentConfig]) -> None:
 
 
 def _flat(cfg: ExperimentConfig) -> dict:
-    def walk(d, prefix=""):
-        for k, v in d.items():
-            if isinstance(v, dict):
-                yield from walk(v, f"{prefix}{k}.")
-            else:
-                yield f"{prefix}{k}", v
-
-    return {k: v for k, v in walk(cfg.to_dict()) if k not in ("train.seed", "train.seed_pack")}
+    """The config's dotted keys, but those a pack's seeds may differ in."""
+    return {k: v for k, v in flatten(cfg.to_dict()).items() if k not in ("train.seed", "train.seed_pack")}
 
 
 def split_batch(batch: dict[str, torch.Tensor], sizes: list[int]) -> tuple[list[dict], list[int]]:

@@ -27,9 +27,7 @@ from ptray.core.model import PromptModel, option_loss
 from ptray.core.perturbations import build_perturbation
 from ptray.core.tasks import Example, Task, build_task
 from ptray.core.zero import gathered
-
-RESULT_FILE = "result.json"
-ADAPTER_FILE = "adapter.safetensors"
+from ptray.layout import ADAPTER_FILE, RESULT_FILE, write_json
 
 
 class Reporter(Protocol):
@@ -172,8 +170,7 @@ def new_result(cfg: ExperimentConfig, p: Prepared) -> dict:
 
 def write_result(out: Path | None, result: dict) -> None:
     if out is not None and _world()[1] == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / RESULT_FILE).write_text(json.dumps(result, indent=2, default=_json_default))
+        write_json(out / RESULT_FILE, result)
 
 
 def total_steps(cfg: ExperimentConfig, n_train: int, world: int) -> int:
@@ -252,12 +249,6 @@ def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
     return 1, 0
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    return str(o)
 
 
 def check_loss(value: float, step: int, max_loss: float) -> None:

@@ -8,7 +8,9 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import PopulationBasedTraining
 from ray.tune.schedulers.pb2 import PB2
 
-from ptray.distributed.search import IDENTITY
+# The keys search.trial_config gives every trial to say who it is; here, as search imports this module (PB2 needs
+# scikit-learn, so only when asked for).
+IDENTITY = ("config_id", "seed", "overrides", "label")
 
 
 class _KeepsIdentity:

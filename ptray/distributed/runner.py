@@ -4,8 +4,8 @@
     -> search (one Tuner; PBT / PB2: one per seed and grid cell) -> confirm the top configs on fresh seeds
     -> log every result to MLflow -> print the per-config table
 
-Everything lands in the experiment folder DIR (see the contract in ptray/distributed/trial.py and ptray/tracking):
-experiment.json, runs/<config_id>/seed<N>/, ray/ (Tune storage), confirm/ (an experiment folder of its own).
+Everything lands in the experiment folder DIR (its contract: ptray/layout.py): experiment.json,
+runs/<config_id>/seed<N>/, ray/ (Tune storage), confirm/ (an experiment folder of its own), logs/.
 """
 from __future__ import annotations
 
@@ -26,15 +26,12 @@ from typing import Any, TextIO
 from urllib.parse import urlparse
 
 from ptray.config import ConfigError, ExperimentConfig, TuneConfig, config_from_dict, load_config
-from ptray.distributed.ids import config_id, label
 from ptray.distributed.progress import LiveView
 from ptray.distributed.search import ListSearcher, SearchPlan, selection_score, trial_config
-from ptray.distributed.trial import (EXPERIMENT_FILE, RESULT_FILE, ResultWriter, TrialSpec, run_dir, run_trial,
-                                     seeds_of, write_json)
+from ptray.distributed.trial import ResultWriter, TrialSpec, run_trial, seeds_of
+from ptray.layout import (CONFIRM_DIR, EXPERIMENT_FILE, LOCK_FILE, LOG_DIR, RAY_DIR, RESULT_FILE, config_id, label,
+                          read_experiment_json, run_dir, write_json)
 
-CONFIRM_DIR = "confirm"
-LOCK_FILE = ".ptray.lock"
-LOG_DIR = "logs"  # Ray's own log lines (ray.log) and each trial's output (trials/), unless --verbose shows them
 INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C
 
 
@@ -67,7 +64,7 @@ def _run(exp_dir: Path, config, overrides: list[str], address, resume, verbose: 
             if resume is None:
                 _write_experiment(exp_dir, plan, plan.tune.name, plan.seeds, _known_configs(plan),
                                   plan.baseline_config_id())
-            storage = plan.tune.storage_path or str((exp_dir / "ray").resolve())
+            storage = plan.tune.storage_path or str((exp_dir / RAY_DIR).resolve())
             spec = TrialSpec(base=plan.base, keys=plan.keys, workers=plan.tune.resources.workers,
                              cpus_per_worker=plan.tune.resources.cpus_per_worker,
                              gpus_per_worker=plan.tune.resources.gpus_per_worker,
@@ -372,7 +369,7 @@ class _Runner:
 
     def ranking(self) -> list[tuple[float, dict[str, Any]]]:
         """Configs by their mean selection score over the search seeds (best first)."""
-        meta = json.loads((self.dir / EXPERIMENT_FILE).read_text())
+        meta = read_experiment_json(self.dir)
         scored = []
         for cid, info in meta["configs"].items():
             scores = []
@@ -403,9 +400,9 @@ class _Runner:
         the grid of `param_space`. True when all its trials ended."""
         from ray import tune
 
-        from ptray.tracking.mlflow_callback import MLflowSeedCallback
+        from ptray.distributed.mlflow_callback import MLflowSeedCallback
 
-        meta = json.loads((exp_dir / EXPERIMENT_FILE).read_text())
+        meta = read_experiment_json(exp_dir)
         trainable = tune.with_resources(tune.with_parameters(run_trial, spec=self.spec), self.spec.trial_resources())
         path = f"{self.storage.rstrip('/')}/{name}"
         if tune.Tuner.can_restore(path):
@@ -445,7 +442,7 @@ class _Runner:
         print(text, file=self.console or sys.stdout, flush=True)
 
     def log_and_print(self) -> None:
-        from ptray.tracking.mlflow_callback import log_experiment
+        from ptray.analysis.report import log_experiment
         from ptray.tracking.summary import print_summary
 
         for d in (self.dir, self.confirm_dir):

@@ -27,9 +27,8 @@ from ray.tune.search import Repeater, Searcher
 from ray.tune.search.repeater import TRIAL_INDEX
 
 from ptray.config import ConfigError, ExperimentConfig, TuneConfig, config_from_dict
-from ptray.distributed.ids import config_id, label
+from ptray.layout import config_id, label, lookup, with_values
 
-IDENTITY = ("config_id", "seed", "overrides", "label")
 PBT_MEMBER = "pbt.member"  # identity of a population slot (not a config key)
 EVOLVING = ("pbt", "pb2")
 # Initial draws (random configs, PBT populations) come from a fixed stream: the same YAML gives the same configs,
@@ -42,28 +41,6 @@ def trial_config(overrides: dict[str, Any], seeds: list[int], values: dict[str, 
     pack = {"seeds": seeds} if len(seeds) > 1 else {}
     return {"config_id": config_id(overrides), "seed": seeds[0], **pack, "overrides": overrides,
             "label": label(overrides), **(overrides if values is None else values)}
-
-
-def with_values(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a config dict with dotted keys set (`train.lr` -> base["train"]["lr"])."""
-    out = copy.deepcopy(base)
-    for key, value in values.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return out
-
-
-def lookup(config: dict[str, Any], key: str) -> Any:
-    node: Any = config
-    for i, part in enumerate(key.split(".")):
-        if not isinstance(node, dict) or part not in node:
-            where = ".".join(key.split(".")[:i]) or "the config"
-            raise KeyError(f"{key} is not a key of the experiment config ({where} has no {part!r})")
-        node = node[part]
-    return node
 
 
 def domain(entry: dict[str, list]):

@@ -34,13 +34,10 @@ from ray import tune
 from ray.train import UserCallback
 
 from ptray.config import ExperimentConfig, config_from_dict
-from ptray.distributed.search import with_values
+from ptray.layout import (ADAPTER_FILE, EXPERIMENT_FILE, RESULT_FILE, read_experiment_json, run_dir, seed_dir,
+                          with_values, write_json)
 
-RESULT_FILE = "result.json"  # the core's names (ptray.core.train); the driver side stays free of torch
-ADAPTER_FILE = "adapter.safetensors"
 ALREADY_FILED = "already_filed"  # a trial's last report when its seeds' results were filed before it ran
-EXPERIMENT_FILE = "experiment.json"
-RUNS_DIR = "runs"
 STOPPING_SCHEDULERS = ("asha",)  # the schedulers that end trials early (pruning); PBT / PB2 pause and restart theirs
 
 
@@ -161,9 +158,9 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
             tune.report({**final_metrics({**identity(config), "seed": seed}, result, 0), ALREADY_FILED: True})
         return
     with output_to(log), checkpoint.as_directory() if checkpoint else nullcontext() as resume:
-        if resume is not None and (Path(resume) / f"seed{config['seed']}" / RESULT_FILE).is_file():
+        if resume is not None and (Path(resume) / seed_dir(config["seed"]) / RESULT_FILE).is_file():
             # Finished before an interruption: say so again, train nothing.
-            results = [json.loads((Path(resume) / f"seed{s}" / RESULT_FILE).read_text()) for s in seeds_of(config)]
+            results = [json.loads((Path(resume) / seed_dir(s) / RESULT_FILE).read_text()) for s in seeds_of(config)]
             _report_final(config, results, [0] * len(results), checkpoint)
             return
         if spec.workers > 1:
@@ -203,7 +200,7 @@ def _train_here(cfgs: list[ExperimentConfig], config: dict[str, Any], resume: st
     from ptray.core.train import train
 
     with tempfile.TemporaryDirectory(prefix="ptray-run-") as out:
-        outs = [Path(out) / f"seed{c.train.seed}" for c in cfgs]
+        outs = [Path(out) / seed_dir(c.train.seed) for c in cfgs]
         if len(cfgs) == 1:
             reporters = [Reporter(identity(config), tune.report)]
             results = [train(cfgs[0], outs[0], reporter=reporters[0], resume_dir=resume, progress=False)]
@@ -283,33 +280,20 @@ def worker_loop(config: dict[str, Any]) -> None:
     resume = config["resume"]
     with resume.as_directory() if resume else nullcontext() as resume_dir:
         with tempfile.TemporaryDirectory(prefix="ptray-run-") as out:
-            result = train(cfg, Path(out) / f"seed{cfg.train.seed}", reporter=reporter, resume_dir=resume_dir,
+            result = train(cfg, Path(out) / seed_dir(cfg.train.seed), reporter=reporter, resume_dir=resume_dir,
                            progress=False)
             final = final_metrics(config["ident"], result, reporter.last_step)
             ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(out) if rank == 0 else None)
 
 
 # --- the driver side --------------------------------------------------------------------------------------------------
-def run_dir(experiment_dir: Path, config_id: str, seed: int) -> Path:
-    return experiment_dir / RUNS_DIR / config_id / f"seed{seed}"
-
-
 def register_configs(experiment_dir: Path, configs: dict[str, dict[str, Any]]) -> None:
     """Add configs ({config_id: {overrides, label}}) to DIR/experiment.json (the driver is its only writer)."""
-    path = experiment_dir / EXPERIMENT_FILE
-    meta = json.loads(path.read_text())
+    meta = read_experiment_json(experiment_dir)
     new = {k: v for k, v in configs.items() if k not in meta["configs"]}
     if new:
         meta["configs"].update(new)
-        write_json(path, meta)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    # Write then rename: a reader never sees half a file.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
+        write_json(experiment_dir / EXPERIMENT_FILE, meta)
 
 
 class ResultWriter(tune.Callback):
@@ -352,7 +336,7 @@ class ResultWriter(tune.Callback):
     def _copy_final(self, trial) -> None:
         with trial.checkpoint.as_directory() as d:
             for seed in seeds_of(trial.config):
-                src, out = Path(d) / f"seed{seed}", run_dir(self.dir, trial.config["config_id"], seed)
+                src, out = Path(d) / seed_dir(seed), run_dir(self.dir, trial.config["config_id"], seed)
                 result = json.loads((src / RESULT_FILE).read_text())
                 if (src / ADAPTER_FILE).is_file():
                     out.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,5 @@
-"""An experiment folder's results as per-config, per-seed arrays: the one place that reads `result.json` files.
-
-Layout (written by `ptray tune`; the core's `train` writes each result.json):
-
-    DIR/experiment.json                          name, base config, seeds, configs {config_id: {overrides, label}}
-    DIR/runs/<config_id>/seed<N>/result.json     one per (config, seed), failed seeds included
+"""An experiment folder's results as per-config, per-seed arrays: the one place that reads `result.json` files
+(the folder's layout: ptray.layout).
 
 A (config, seed) that experiment.json promises but that has no result.json is kept as a `missing` seed (the trial
 crashed before the core wrote its result, or has not run yet): it counts as failed, never silently dropped. A seed a
@@ -20,11 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from ptray.analysis import stats
+from ptray import stats
+from ptray.layout import RUNS_DIR, read_experiment_json, result_files, seed_of_dir
 
-EXPERIMENT_FILE = "experiment.json"
-RUNS_DIR = "runs"
-RESULT_FILE = "result.json"  # the core's name (ptray.core.train.RESULT_FILE); not imported to keep torch out
 MISSING_REASON = "no result.json: the trial crashed before training finished, or has not run yet"
 
 
@@ -65,7 +59,7 @@ class SeedResult:
             d = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as e:
             # A truncated file (a worker killed mid-write) is a failed seed with a reason, not a crash of the report.
-            seed = int(Path(path).parent.name.removeprefix("seed"))
+            seed = seed_of_dir(Path(path).parent)
             return cls(config_id, seed, "failed", f"unreadable {path}: {e}", path=Path(path))
         return cls.from_dict(d, config_id, Path(path))
 
@@ -189,16 +183,6 @@ class Experiment:
         return {k: v for k, v in keys.items() if len({json.dumps(x, sort_keys=True) for x in v.values()}) > 1}
 
 
-def read_experiment_json(directory: str | Path) -> dict:
-    path = Path(directory) / EXPERIMENT_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{directory} is not a ptray experiment folder: {EXPERIMENT_FILE} is missing; "
-            f"pass the folder that `ptray tune` wrote (its --output)"
-        )
-    return json.loads(path.read_text())
-
-
 def load_experiment(directory: str | Path) -> Experiment:
     root = Path(directory)
     meta = read_experiment_json(root)
@@ -229,7 +213,7 @@ def load_experiment(directory: str | Path) -> Experiment:
 def load_config_seeds(directory: str | Path, config_id: str, seeds: list[int]) -> list[SeedResult]:
     """A config's seeds, sorted: every result.json under DIR/runs/<config_id>/, and `missing` for promised seeds."""
     found = {}
-    for f in sorted((Path(directory) / RUNS_DIR / config_id).glob(f"seed*/{RESULT_FILE}")):
+    for f in result_files(directory, config_id):
         r = SeedResult.from_file(f, config_id)
         found[r.seed] = r
     for s in seeds:

@@ -9,10 +9,11 @@
                                   ptray.failure_reason on failure; ptray.at_majority
 
 One writer: `Tracker` is used from one process only, the Ray Tune driver (through
-`ptray.tracking.mlflow_callback.MLflowSeedCallback`) or the CLI, so concurrent trials never race on the store (SQLite
-locks under concurrent writers). `log_experiment(DIR, uri)` writes the same structure from the result.json files
-alone: idempotent, it fills in what the callback missed (seeds that crashed before their first report) and is how a
-finished folder is (re)logged. No Ray import here: the report and the UI use this module without a cluster.
+`ptray.distributed.mlflow_callback.MLflowSeedCallback`) or the CLI, so concurrent trials never race on the store
+(SQLite locks under concurrent writers). `Tracker.sync` writes the same structure from the result.json files alone:
+idempotent, it fills in what the callback missed (seeds that crashed before their first report). A finished folder is
+(re)logged by `ptray.analysis.report.log_experiment`, which adds each config's figures. No Ray import here: the report
+and the UI use this module without a cluster.
 """
 from __future__ import annotations
 
@@ -23,14 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ptray.analysis import stats
-from ptray.tracking.results import (
-    ConfigResults, SeedResult, load_config_seeds, load_experiment, read_experiment_json,
-)
+from ptray import stats
+from ptray.layout import ADAPTER_FILE, ARTIFACTS_DIR, DB_FILE, flatten, read_experiment_json
+from ptray.tracking.results import ConfigResults, Experiment, SeedResult, load_config_seeds, load_experiment
 
-DB_FILE = "mlflow.db"
 EXPERIMENT_KIND = "mlflow.experimentKind"
-ARTIFACTS_DIR = "mlartifacts"
 # MLflow refuses longer tag values (8000 in MLflow 3); a traceback's head says enough.
 _MAX_TAG = 5000
 _MAX_PARAM = 6000
@@ -45,13 +43,11 @@ def resolve_tracking_uri(experiment_dir: str | Path, config: dict | None = None)
     return uri or f"sqlite:///{Path(experiment_dir).resolve() / DB_FILE}"
 
 
-def log_experiment(experiment_dir: str | Path, tracking_uri: str | None = None) -> "Tracker":
-    """Log (or bring up to date) every config and seed of an experiment folder from its result.json files."""
+def open_tracker(experiment_dir: str | Path, tracking_uri: str | None = None) -> "Tracker":
+    """The Tracker of an experiment folder: at `tracking_uri`, else where the folder's config says."""
     meta = read_experiment_json(experiment_dir)
     uri = tracking_uri or resolve_tracking_uri(experiment_dir, meta.get("config"))
-    tracker = Tracker(uri, meta.get("name") or Path(experiment_dir).name, experiment_dir)
-    tracker.sync()
-    return tracker
+    return Tracker(uri, meta.get("name") or Path(experiment_dir).name, experiment_dir)
 
 
 class Tracker:
@@ -120,7 +116,7 @@ class Tracker:
 
     def _params(self, overrides: dict) -> dict:
         """Everything that defines a config but the seed: the base config with the searched values on top."""
-        flat = _flatten({k: v for k, v in (self.meta.get("config") or {}).items() if k not in ("tune", "tracking")})
+        flat = flatten({k: v for k, v in (self.meta.get("config") or {}).items() if k not in ("tune", "tracking")})
         flat.update(overrides)
         flat.pop("train.seed", None)
         return flat
@@ -151,7 +147,7 @@ class Tracker:
             full = {k: v for k, v in result.raw["config"].items() if k not in ("tune", "tracking")}
             # seeds.*: the seed each source of variance had (sample, init, order), resolved where the config left it unset.
             seeds = {f"seeds.{k}": v for k, v in (result.raw.get("seeds") or {}).items()}
-            self._add_params(run_id, {**_flatten(full), **seeds, **config.overrides})
+            self._add_params(run_id, {**flatten(full), **seeds, **config.overrides})
         now = _now_ms()
         # Per-step history from result.json: only the steps the live callback did not already log.
         points = []
@@ -232,10 +228,8 @@ class Tracker:
         return ConfigResults(config_id, label, overrides, first.get("config") or self.meta.get("config") or {},
                              primary, [seeds[k] for k in sorted(seeds)])
 
-    def sync(self) -> None:
-        """Every config and seed of the folder from its result.json files, plus per-config figures; parents end."""
-        from ptray.analysis.report import config_figures
-
+    def sync(self) -> Experiment:
+        """Every config and seed of the folder from its result.json files; parents end. Returns the folder's results."""
         exp = load_experiment(self.dir)
         for c in exp.configs.values():
             for r in c.seeds:
@@ -245,12 +239,11 @@ class Tracker:
                     continue  # the callback recorded why the trial died; "no result.json" would say less
                 self.finish_seed(c, r)
             self.update_parent(c)
-            figures = config_figures(c, exp.dir / "report" / "configs" / c.config_id)
-            self.log_artifacts(c.config_id, figures, "figures")
             self.client.set_terminated(self.parent(c.config_id, c.label, c.overrides), "FINISHED")
         self._log_best_adapter(exp)
+        return exp
 
-    def _log_best_adapter(self, exp) -> None:
+    def _log_best_adapter(self, exp: Experiment) -> None:
         """The adapter a user would take away: of the config with the best mean selection score over its seeds,
         the seed with the best selection score, with its result.json (the full config), as `best_adapter/` of that
         config's parent run (tagged ptray.best). Chosen on the selection split only, never the report split."""
@@ -263,7 +256,7 @@ class Tracker:
             return
         config = max(ranked, key=lambda c: sum(map(score, c.seeds)) / len(c.seeds))
         best = max(config.seeds, key=score)
-        adapter = best.path.parent / "adapter.safetensors" if best.path is not None else None
+        adapter = best.path.parent / ADAPTER_FILE if best.path is not None else None
         if adapter is None or not adapter.is_file():
             return
         chosen = f"{config.config_id}/seed{best.seed}"
@@ -283,16 +276,6 @@ def run_name(overrides: dict) -> str:
     without its section, a `.name` key by its value alone (`residual, num_tokens=10`)."""
     parts = [str(v) if k.endswith(".name") else f"{k.rsplit('.', 1)[-1]}={v}" for k, v in overrides.items()]
     return ", ".join(parts) or "base"
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _text(v: Any, limit: int) -> str:

@@ -2,7 +2,9 @@
 
 Pure functions (numpy + scipy.stats only; no Ray, no MLflow) so they can be
 unit-tested against independent computations and reused on results that were
-loaded back from any tracking store.
+loaded back from any tracking store. They sit in the bottom layer
+(docs/architecture.md): the results and MLflow layer aggregates seeds with
+them, the report above it compares configs with them.
 
 Conventions shared by every function here:
 

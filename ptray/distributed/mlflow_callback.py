@@ -1,19 +1,16 @@
-"""The Ray Tune side of tracking: `MLflowSeedCallback` runs on the Tune driver and feeds `Tracker` (the only writer).
-
-`log_experiment` is re-exported here: `ptray tune` calls it at the end so seeds whose trials never reported are
-recorded too.
-"""
+"""The Ray Tune side of tracking: `MLflowSeedCallback` runs on the Tune driver and feeds `Tracker` (the only writer,
+ptray.tracking.store). It lives with the Ray code so that tracking imports no Ray."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from ray.tune import Callback
 
+from ptray.analysis.report import log_config_figures
 from ptray.distributed.trial import seeds_of
-from ptray.tracking.results import RESULT_FILE, RUNS_DIR, SeedResult
-from ptray.tracking.store import Tracker, log_experiment, resolve_tracking_uri
-
-__all__ = ["MLflowSeedCallback", "log_experiment", "resolve_tracking_uri"]
+from ptray.layout import RESULT_FILE, run_dir
+from ptray.tracking.results import SeedResult
+from ptray.tracking.store import Tracker
 
 
 class MLflowSeedCallback(Callback):
@@ -70,13 +67,13 @@ class MLflowSeedCallback(Callback):
         self._finish(trial, error=_error_text(trial))
 
     def on_experiment_end(self, trials, **info):
-        self.tracker.sync()
+        log_config_figures(self.tracker, self.tracker.sync())
 
     def _finish(self, trial, error: str | None) -> None:
         c = trial.config
         cid = c["config_id"]
         for seed in seeds_of(c):
-            path = Path(self.experiment_dir) / RUNS_DIR / cid / f"seed{seed}" / RESULT_FILE
+            path = run_dir(self.experiment_dir, cid, seed) / RESULT_FILE
             if path.is_file():
                 result = SeedResult.from_file(path, cid)
             else:

@@ -1,0 +1,148 @@
+"""The experiment folder: every file and folder name in it, how a config and a seed find their run folder, config ids
+and dotted config keys, and how JSON is written there. The core, `ptray tune`, the results, MLflow and the report all read and
+write a run through this module, so the contract is stated once. No torch and no Ray: the driver and the report import
+it cheaply.
+
+    DIR/experiment.json                      name, base config, seeds, configs {config_id: {overrides, label}}
+    DIR/runs/<config_id>/seed<N>/            one per (config, seed), failed and stopped seeds included
+        result.json                          the seed's outcome (status, reason, metrics, history, config)
+        adapter.safetensors                  the trained prompt (the core's `train` writes both)
+        landscape/landscape.json, .png       `ptray landscape` of that seed
+    DIR/report/                              `ptray report` (report.md, stats.json, figures; configs/<config_id>/)
+    DIR/confirm/                             the confirmation run on fresh seeds: an experiment folder of its own
+    DIR/ray/                                 Ray Tune's storage (unless tune.storage_path says otherwise)
+    DIR/logs/                                Ray's own output (ray.log) and each trial's (trials/)
+    DIR/mlflow.db, DIR/mlartifacts/          the local MLflow store (unless tracking.uri / MLFLOW_TRACKING_URI)
+    DIR/.ptray.lock                          held by the one `ptray tune` that owns the folder
+
+`ptray train` writes one seed's result.json and adapter.safetensors straight into its --output folder.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EXPERIMENT_FILE = "experiment.json"
+RUNS_DIR = "runs"
+RESULT_FILE = "result.json"
+ADAPTER_FILE = "adapter.safetensors"
+LANDSCAPE_DIR = "landscape"
+LANDSCAPE_FILE = "landscape.json"
+REPORT_DIR = "report"
+CONFIRM_DIR = "confirm"
+RAY_DIR = "ray"
+LOG_DIR = "logs"
+DB_FILE = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+LOCK_FILE = ".ptray.lock"
+_SEED_PREFIX = "seed"
+
+
+# --- where a run lives ------------------------------------------------------------------------------------------------
+def seed_dir(seed: int | str) -> str:
+    """A seed's folder name, seed<N> (under runs/<config_id>/, and in a trial's checkpoint, which mirrors it)."""
+    return f"{_SEED_PREFIX}{seed}"
+
+
+def seed_of_dir(folder: str | Path) -> int:
+    """The seed a seed<N> folder belongs to."""
+    return int(Path(folder).name.removeprefix(_SEED_PREFIX))
+
+
+def run_dir(experiment_dir: str | Path, config_id: str, seed: int) -> Path:
+    return Path(experiment_dir) / RUNS_DIR / config_id / seed_dir(seed)
+
+
+def result_files(experiment_dir: str | Path, config_id: str) -> list[Path]:
+    """Every result.json of a config's seeds on disk."""
+    return sorted((Path(experiment_dir) / RUNS_DIR / config_id).glob(f"{seed_dir('*')}/{RESULT_FILE}"))
+
+
+def read_experiment_json(experiment_dir: str | Path) -> dict:
+    path = Path(experiment_dir) / EXPERIMENT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{experiment_dir} is not a ptray experiment folder: {EXPERIMENT_FILE} is missing; "
+            f"pass the folder that `ptray tune` wrote (its --output)"
+        )
+    return json.loads(path.read_text())
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write to a temporary file beside `path`, then rename it: a reader (the driver, the report, a resume) never sees
+    half a file, even when the writer is killed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A name of its own per write, so two writers never share one; made with the usual permissions (not mkstemp's
+    # owner-only ones), as the file it replaces.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "x") as f:
+            json.dump(data, f, indent=2, default=_json_default)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _json_default(o: Any) -> Any:
+    # numpy numbers (metrics computed with numpy) as numbers; anything else (a Path) as its text, never a lost result.
+    return o.item() if isinstance(o, np.generic) else str(o)
+
+
+# --- which config ---------------------------------------------------------------------------------------------------
+def config_id(overrides: dict[str, Any]) -> str:
+    """A searched config's identity (its folder name, its MLflow parent run): 12 hex chars of the sha1 of the
+    overrides' canonical JSON (sorted keys), so the same values give the same id. The seed is never part of it."""
+    canonical = json.dumps(overrides, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(canonical.encode()).hexdigest()[:12]
+
+
+def label(overrides: dict[str, Any]) -> str:
+    """A readable name for a config: its searched values, or `base` when nothing is searched."""
+    return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "base"
+
+
+# --- dotted keys (`train.lr` is config["train"]["lr"]) ----------------------------------------------------------------
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 0.1}} -> {"train.lr": 0.1}; an empty section stays a value ({})."""
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def lookup(config: dict[str, Any], key: str) -> Any:
+    """The value at a dotted key; KeyError naming the first part that is missing."""
+    node: Any = config
+    for i, part in enumerate(key.split(".")):
+        if not isinstance(node, dict) or part not in node:
+            where = ".".join(key.split(".")[:i]) or "the config"
+            raise KeyError(f"{key} is not a key of the experiment config ({where} has no {part!r})")
+        node = node[part]
+    return node
+
+
+def with_values(config: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `config` with dotted keys set in order, missing sections made; ValueError where a key passes
+    through a value."""
+    out = copy.deepcopy(config)
+    for key, value in values.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{p!r} is a value, not a section")
+        node[leaf] = value
+    return out
