@@ -22,7 +22,7 @@ import torch
 from ptray.config import ConfigError, ExperimentConfig
 from ptray.core import backbone as bb
 from ptray.core.data import Encoded, Encoder, collate, sample_per_class, train_order
-from ptray.core.methods import METHODS, BackboneInfo
+from ptray.core.methods.base import BackboneInfo
 from ptray.core.model import PromptModel, option_loss
 from ptray.core.perturbations import build_perturbation
 from ptray.core.tasks import Example, Task, build_task
@@ -229,7 +229,7 @@ def build_model(cfg: ExperimentConfig, backbone: bb.Backbone, task: Task) -> Pro
     info = BackboneInfo(backbone.hidden_size, backbone.num_layers, backbone.num_heads, backbone.family,
                         backbone.model.get_input_embeddings(), backbone.tokenizer, backbone=backbone.model)
     generator = torch.Generator().manual_seed(cfg.source_seeds()["init"])
-    method = METHODS[cfg.method.name](cfg.method, info, generator)
+    method = cfg.method.build(info, generator)
     labels = task.get_labels()
     return PromptModel(backbone, method, len(labels) if labels else None, [], cfg.model.pooling, cfg.model.dropout)
 
