@@ -367,12 +367,12 @@ class ExperimentConfig(Strict):
     task: TaskConfig = Field(default_factory=TaskConfig, description="What is learned, and from which data.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The frozen backbone.")
     method: MethodConfig = Field(default_factory=METHODS[DEFAULT_METHOD],
-                                 description=f"The prompt method, by name: {', '.join(METHODS)}; the other keys are "
+                                 description=f"The prompt method, by name: {', '.join(sorted(METHODS))}; the other keys are "
                                              f"the method's own. Default: {DEFAULT_METHOD}.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="The training run of one seed.")
     perturbation: PerturbationConfig | None = Field(
         None, description=f"A PTP regularizer (Chen et al., EMNLP 2023) by space and kind: "
-                          f"{', '.join(PERTURBATIONS)}; the other keys are its own. null: none.")
+                          f"{', '.join(sorted(PERTURBATIONS))}; the other keys are its own. null: none.")
     # Sections read by other layers (ptray tune, tracking); the training core ignores them.
     tune: TuneConfig | None = Field(None, description="Configs x seeds for ptray tune; null: ptray tune refuses the "
                                                       "config.")
@@ -458,6 +458,45 @@ class ExperimentConfig(Strict):
         return {"sample": sample if self.task.k_shot is not None else None,
                 "init": self.train.init_seed if self.train.init_seed is not None else seed,
                 "order": self.train.order_seed if self.train.order_seed is not None else seed}
+
+    def derived(self, config_name: str | None = None) -> dict[str, tuple[Any, str]]:
+        """Keys whose value follows from other keys where the config leaves them unset: dotted key -> (the value,
+        where it comes from). The consumers read them through the same functions (source_seeds, TuneConfig's and
+        TuneScheduler's resolved_*); `ptray config` and the training log show them. config_name: the config file's
+        stem, the default tune.name."""
+        t, tr, seed = self.task, self.train, self.train.seed
+        out: dict[str, tuple[Any, str]] = {}
+        own = TaskConfig(name=t.name)  # the task's own defaults, resolved as they are for this config
+        collection = TASKS[t.name].collection
+        where = {"data_dir": f"the {collection} collection of the shared data ($PTRAY_DATA_DIR, default "
+                             f"../shared/data/superglue, or its sibling folder)",
+                 "selection_split": f"task {t.name}'s default", "report_split": f"task {t.name}'s default"}
+        out.update({f"task.{k}": (getattr(t, k), w) for k, w in where.items() if getattr(t, k) == getattr(own, k)})
+        seeds = self.source_seeds()
+        if t.sample_seed is None and t.k_shot is not None:
+            out["task.sample_seed"] = (seeds["sample"], "train.seed")
+        if tr.max_steps is None and tr.epochs == DEFAULT_EPOCHS:
+            out["train.epochs"] = (tr.epochs, "train.epochs and train.max_steps unset")
+        for key, source in (("init_seed", "init"), ("order_seed", "order")):
+            if getattr(tr, key) is None:
+                out[f"train.{key}"] = (seeds[source], "train.seed")
+        u = self.tune
+        if u is None:
+            return out
+        if u.name is None and config_name:
+            out["tune.name"] = (config_name, "the config file's name")
+        if u.seeds is None:
+            out["tune.seeds"] = (u.seed_list(), "tune.num_seeds" if u.num_seeds else "5 seeds by default")
+        if u.searcher is None:
+            out["tune.searcher"] = (u.resolved_searcher(), "grid when every search entry is a list, else random")
+        s = u.scheduler
+        if s.name == "asha" and s.grace_period is None:
+            out["tune.scheduler.grace_period"] = (s.resolved_grace_period(tr.eval_every), "train.eval_every")
+        if s.name in ("pbt", "pb2") and s.perturbation_interval is None:
+            out["tune.scheduler.perturbation_interval"] = (s.resolved_interval(tr.eval_every), "2 * train.eval_every")
+        if u.confirm is not None and u.confirm.seeds is None:
+            out["tune.confirm.seeds"] = (u.confirm_seeds(), "the seeds after the search's largest")
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         # serialize_as_any: method and perturbation hold subclasses whose own fields would otherwise be dropped.

@@ -17,6 +17,7 @@ With dropout off and fp32, K packed seeds give the numbers of K separate `train`
 """
 from __future__ import annotations
 
+import logging
 import time
 import traceback
 from pathlib import Path
@@ -26,11 +27,16 @@ import torch
 from torch import nn
 
 from ptray.config import ConfigError, ExperimentConfig
+from ptray.config_view import as_text
 from ptray.core.data import collate
 from ptray.core.methods.base import Prompted
 from ptray.core.model import PromptModel, option_loss
 from ptray.core.train import (Diverged, Prepared, Reporter, TrainLoop, _world, build_engine, check_loss, load_model,
-                              new_result, predict, prepare, resume, seed_everything, total_steps, write_result)
+                              new_result, predict, prepare, resolved_at_load, resume, seed_everything, total_steps,
+                              write_result)
+
+log = logging.getLogger(__name__)
+
 
 def check_pack(cfgs: list[ExperimentConfig]) -> None:
     """Configs that may be packed: distinct seeds of one config (equal in everything but train.seed)."""
@@ -153,6 +159,8 @@ def train_packed(cfgs: list[ExperimentConfig], output_dirs: list[str | Path | No
                           f"reporters: give one of each per seed")
     t0 = time.perf_counter()
     p = prepared or prepare(cfgs[0])
+    log.info("config of the packed seeds %s (shown: the first's), resolved:\n%s", [c.train.seed for c in cfgs],
+             as_text(cfgs[0], resolved=resolved_at_load(cfgs[0], p)))
     outs = [Path(d) if d is not None else None for d in output_dirs]
     results = [new_result(c, p) for c in cfgs]
     seeds = [c.train.seed for c in cfgs]

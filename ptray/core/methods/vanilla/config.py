@@ -11,6 +11,8 @@ from ptray.core.methods.registry import MethodConfig, register_method
 
 @register_method("vanilla")
 class VanillaConfig(MethodConfig):
+    """L trainable vectors in front of the input embeddings (Lester et al., 2021)."""
+
     num_tokens: int = Field(20, ge=1, description="Prompt vectors put in front of the input.")
     # Lester et al. found sampled-vocabulary init best.
     init: Literal["random", "vocab", "text"] = Field(
