@@ -8,7 +8,7 @@ from ptray.config import ConfigError
 from ptray.core.methods.base import Prompted
 from ptray.core.model import option_loss
 from ptray.core.perturbations.base import AddToInputs, Perturb, Perturbation
-from ptray.core.perturbations.embedding.config import EmbeddingAdversarialConfig, EmbeddingRandomConfig
+from ptray.core.perturbations.embedding.config import EmbeddingRandomConfig
 
 
 def prompt_slots(p: Prompted) -> torch.Tensor:
