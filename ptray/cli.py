@@ -17,6 +17,8 @@ def _offline_defaults() -> None:
 
 
 def cmd_train(args) -> int:
+    import logging
+
     from ptray.config import load_config
     from ptray.core.train import prepare, train
     from ptray.layout import EXPERIMENT_FILE, RESULT_FILE
@@ -37,9 +39,35 @@ def cmd_train(args) -> int:
             f"error: {existing} already holds a finished result; pass --overwrite to replace it or --output to write elsewhere"
         )
     prepared = prepare(cfg)
+    # ptray's own log lines (the resolved config at the start) on stderr, beside the progress bar.
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("ptray").setLevel(logging.INFO)
     result = train(cfg, out, prepared=prepared)
     _print_result(result, out)
     return 0 if result["status"] == "ok" else 1
+
+
+def cmd_config(args) -> int:
+    from ptray.config import load_config
+    from ptray.config_view import as_json, as_text, markdown
+
+    if args.markdown:
+        print(markdown())
+        return 0
+    overrides = list(args.overrides)
+    # `ptray config key=value ...` without a file: the positional took the first override.
+    if args.config is not None and "=" in args.config and not Path(args.config).is_file():
+        overrides.insert(0, args.config)
+        args.config = None
+    cfg = load_config(args.config, overrides)
+    name = Path(args.config).stem if args.config else None
+    if args.json:
+        print(as_json(cfg, name))
+        return 0
+    print(f"# {' '.join([args.config or 'defaults', *overrides])}, resolved. Above each key its description; after "
+          f"it where a derived value comes from, or the default where the value differs.")
+    print(as_text(cfg, name))
+    return 0
 
 
 def _print_result(result: dict, out: Path) -> None:
@@ -159,6 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="output folder (default outputs/train/<config>/seed<N>)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished result in the output folder")
     p.set_defaults(func=cmd_train)
+
+    what = "print a config with every key resolved: value, default, where a derived value comes from, description"
+    p = sub.add_parser("config", help=what, description=what + "; nothing loads, so bad keys show here in a second")
+    p.add_argument("config", nargs="?", help="experiment YAML (default: the defaults alone)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, as ptray train takes them")
+    p.add_argument("--json", action="store_true", help="as JSON: {key: {value, default, derived_from, description}}")
+    p.add_argument("--markdown", action="store_true", help="the reference of every key of every section, method and "
+                                                           "perturbation instead (docs/config.md)")
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("tune", help="run configs x seeds on Ray Tune (local Ray, or a cluster with --address)")
     p.add_argument("config", nargs="?", help="experiment YAML with a tune: section (see experiments/)")

@@ -9,18 +9,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from ptray.config_base import ConfigError, Strict
+from ptray.core.methods import DEFAULT_METHOD, METHODS, MethodConfig
+from ptray.core.perturbations import PERTURBATIONS, PerturbationConfig
+from ptray.core.tasks import TASKS, Task
 from ptray.layout import with_values
 
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message says which key is wrong and how to fix it."""
-
-
-class _Strict(BaseModel):
-    # Unknown keys are typos more often than not: refuse them.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+__all__ = ["ConfigError", "ExperimentConfig", "MethodConfig", "ModelConfig", "PerturbationConfig", "TaskConfig",
+           "TrackingConfig", "TrainConfig", "TuneConfig", "apply_overrides", "config_from_dict", "default_data_dir",
+           "load_config"]
 
 
 def default_data_dir(collection: str = "superglue") -> str:
@@ -31,50 +30,58 @@ def default_data_dir(collection: str = "superglue") -> str:
     return str(fewglue if collection == "superglue" else fewglue.parent / collection)
 
 
-class TaskConfig(_Strict):
-    name: str = "rte"
+class TaskConfig(Strict):
+    name: str = Field("rte", description=f"The task: {', '.join(TASKS)}.")
     # data_dir, selection_split and report_split default to the task's own (its Task class: the folder of its
     # collection, its split names); _task_defaults fills them in.
-    data_dir: str
-    train_split: str = "train"
-    selection_split: str
-    report_split: str
-    max_seq_length: int = Field(256, ge=8)
-    # Caps for quick runs and tests; None uses the whole split. With k_shot, max_eval_examples caps the report split
-    # only (the selection set is the k-shot selection sample).
-    max_train_examples: int | None = Field(None, ge=1)
-    max_eval_examples: int | None = Field(None, ge=1)
-    # The few-shot protocol (LM-BFF, Gao et al. 2021): k_shot training examples per class drawn from train_split, and
-    # k_shot selection examples per class drawn from selection_split (disjoint from the training sample where that is
-    # the same split). sample_seed draws both; unset, it is train.seed (see ExperimentConfig.source_seeds).
-    k_shot: int | None = Field(None, ge=1)
-    sample_seed: int | None = None
-    # Custom tasks (name: custom): files per split, the text fields, the label column and label set.
-    data_files: dict[str, str] | None = None
-    text_fields: list[str] | None = None
-    label_column: str = "label"
-    labels: list[str] | None = None
-    label_words: list[str] | None = None
-    # Hub datasets (name: hub): datasets.load_dataset(dataset, subset); splits are the hub's split names.
-    dataset: str | None = None
-    subset: str | None = None
+    data_dir: str = Field(description="Folder of the task's collection: a task reads <data_dir>/<Task>/<split>.jsonl. "
+                                      "Default: the task's collection of the shared data, $PTRAY_DATA_DIR (FewGLUE; "
+                                      "default ../shared/data/superglue) or its sibling folder (sentence, "
+                                      "superglue-full).")
+    train_split: str = Field("train", description="The split training examples come from.")
+    selection_split: str = Field(description="The split the checkpoint (and early stopping) is chosen on. Default: "
+                                             "the task's (dev32 for FewGLUE tasks).")
+    report_split: str = Field(description="The split the reported metrics are computed on. Default: the task's (val "
+                                          "for FewGLUE tasks).")
+    max_seq_length: int = Field(256, ge=8, description="Tokens of the input (without the prompt) a row is cut to.")
+    max_train_examples: int | None = Field(None, ge=1, description="Use the first N training examples (quick runs, "
+                                                                   "tests); null: the whole split.")
+    max_eval_examples: int | None = Field(None, ge=1, description="Use the first N selection and report examples "
+                                                                  "(with k_shot: report examples); null: all.")
+    # The few-shot protocol of LM-BFF (Gao et al. 2021).
+    k_shot: int | None = Field(None, ge=1, description="Few-shot protocol: K training examples per class drawn from "
+                                                       "train_split and K selection examples per class from "
+                                                       "selection_split (disjoint where that is the same split); "
+                                                       "null: the whole splits.")
+    sample_seed: int | None = Field(None, description="Seed of the k-shot sample. Unset: train.seed.")
+    data_files: dict[str, str] | None = Field(None, description="Task custom: the file of each split, {split: "
+                                                                "path} (jsonl, csv or tsv by extension).")
+    text_fields: list[str] | None = Field(None, description="Tasks custom and hub: the one or two text columns.")
+    label_column: str = Field("label", description="Tasks custom and hub: the label column.")
+    labels: list[str] | None = Field(None, description="Tasks custom and hub: the label values, in option order.")
+    label_words: list[str] | None = Field(None, description="Tasks custom and hub: what an LM says for each label "
+                                                            "(default: the labels).")
+    dataset: str | None = Field(None, description="Task hub: the dataset, as datasets.load_dataset(dataset, subset) "
+                                                  "takes it; its splits are the hub's split names.")
+    subset: str | None = Field(None, description="Task hub: the dataset's subset.")
 
     @model_validator(mode="before")
     @classmethod
     def _task_defaults(cls, data: Any) -> Any:
-        from ptray.core.tasks import TASKS, Task
-
         if not isinstance(data, dict):
             return data
-        # An unknown name takes the base defaults, so that its one error is the name's (see _known_task).
-        task = TASKS.get(str(data.get("name", "rte")).lower(), Task)
-        return {"data_dir": default_data_dir(task.collection), **task.default_splits, **data}
+        return {**cls.task_defaults(str(data.get("name", "rte"))), **data}
+
+    @staticmethod
+    def task_defaults(name: str) -> dict[str, str]:
+        """The keys whose default is the task's own: its collection's folder and its split names. An unknown name
+        takes the base defaults, so that its one error is the name's (see _known_task)."""
+        task = TASKS.get(name.lower(), Task)
+        return {"data_dir": default_data_dir(task.collection), **task.default_splits}
 
     @field_validator("name")
     @classmethod
     def _known_task(cls, v: str) -> str:
-        from ptray.core.tasks import TASKS
-
         key = v.lower()
         if key not in TASKS:
             raise ValueError(f"unknown task {v!r}; allowed: {', '.join(sorted(TASKS))}")
@@ -99,76 +106,72 @@ class TaskConfig(_Strict):
         return self
 
 
-class ModelConfig(_Strict):
-    # An offline alias (minilm, smollm2-135m), a local folder, or a hub name where a network exists.
-    name: str = "minilm"
-    family: Literal["auto", "encoder", "causal", "seq2seq"] = "auto"
-    dtype: Literal["fp32", "bf16"] = "fp32"
-    # Frozen backbones run in eval mode (dropout off) unless asked otherwise.
-    dropout: bool = False
-    # Encoders: how the classification head reads the sequence.
-    pooling: Literal["mean", "cls"] = "mean"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+class ModelConfig(Strict):
+    name: str = Field("minilm", description="The frozen backbone: an offline alias (minilm, smollm2-135m), a local "
+                                            "folder, or a hub name where a network exists.")
+    family: Literal["auto", "encoder", "causal", "seq2seq"] = Field(
+        "auto", description="How the backbone scores options: encoder (a head over the pooled sequence), causal or "
+                            "seq2seq (the LM's label words); auto detects it from the model's config when it loads.")
+    dtype: Literal["fp32", "bf16"] = Field("fp32", description="The backbone's weights and activations.")
+    dropout: bool = Field(False, description="Keep the backbone's dropout on while training (frozen backbones run "
+                                             "in eval mode otherwise).")
+    pooling: Literal["mean", "cls"] = Field("mean", description="Encoders: how the classification head reads the "
+                                                                "sequence.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where training runs; auto: cuda when torch "
+                                                                       "sees a GPU, else cpu.")
 
 
-class TrainConfig(_Strict):
-    epochs: float | None = Field(None, gt=0)
-    max_steps: int | None = Field(None, ge=1)
-    batch_size: int = Field(16, ge=1)
-    eval_batch_size: int = Field(64, ge=1)
-    # Training batches of examples of similar length (seeded and jittered, so they still vary): less padding.
-    group_by_length: bool = True
-    grad_accum: int = Field(1, ge=1)
-    optimizer: Literal["adamw", "adafactor"] = "adamw"
-    lr: float = Field(0.03, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
-    warmup_ratio: float = Field(0.06, ge=0, lt=1)
-    max_grad_norm: float | None = Field(1.0, gt=0)
-    eval_every: int = Field(20, ge=1)
-    # Stop after this many evaluations without improvement of the selection metric; None disables.
-    early_stopping_patience: int | None = Field(None, ge=1)
-    zero_stage: Literal[0, 1, 2, 3] = 0
-    # A loss above this (or NaN/inf) ends the seed as failed: diverged.
-    max_loss: float = Field(100.0, gt=0)
-    seed: int = 0
+# Training length when neither train.epochs nor train.max_steps is set.
+DEFAULT_EPOCHS = 10
+
+
+class TrainConfig(Strict):
+    epochs: float | None = Field(None, gt=0, description="Passes over the training set; train.max_steps wins when "
+                                                         "set. Unset with max_steps unset: 10.")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; null: from train.epochs.")
+    batch_size: int = Field(16, ge=1, description="Training examples per micro-batch (per worker).")
+    eval_batch_size: int = Field(64, ge=1, description="Examples per evaluation batch.")
+    group_by_length: bool = Field(True, description="Batch training examples of similar length (seeded and "
+                                                    "jittered, so batches still vary): less padding.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    optimizer: Literal["adamw", "adafactor"] = Field("adamw", description="Optimizer of the trainable parameters.")
+    lr: float = Field(0.03, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay of the trainable parameters.")
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule over the training steps.")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Fraction of the steps the learning rate warms up over.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null: no clipping.")
+    eval_every: int = Field(20, ge=1, description="Evaluate on the selection split every N steps (and at the end).")
+    early_stopping_patience: int | None = Field(None, ge=1, description="Stop after this many evaluations without "
+                                                                        "improvement of the selection metric; null: "
+                                                                        "never.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage (3 partitions the frozen weights).")
+    max_loss: float = Field(100.0, gt=0, description="A loss above this (or NaN/inf) ends the seed as failed: "
+                                                     "diverged.")
+    seed: int = Field(0, description="The seed: of every source of seed variance whose own seed is unset.")
     # Sources of seed variance with their own seeds, so one can vary while the others hold (Dodge et al. 2020 separate
-    # initialisation and data order): init_seed draws the prompt and the head; order_seed the data order and the noise
-    # of training (dropout, Gumbel draws, PTP perturbations). Unset, each is train.seed; task.sample_seed is the
-    # third source. See ExperimentConfig.source_seeds.
-    init_seed: int | None = None
-    order_seed: int | None = None
-    # Train this many seeds of a config together through one pass of the shared frozen backbone (the Ray layer groups
-    # seeds by it; ptray.core.packing.train_packed). Each keeps its own prompt, optimizer state, data order and result.
-    seed_pack: int = Field(1, ge=1)
+    # initialisation and data order); task.sample_seed is the third source. See ExperimentConfig.source_seeds.
+    init_seed: int | None = Field(None, description="Seed of the initialisation: the prompt and the head. Unset: "
+                                                    "train.seed.")
+    order_seed: int | None = Field(None, description="Seed of the data order and the noise of training (dropout, "
+                                                     "Gumbel draws, PTP perturbations). Unset: train.seed.")
+    seed_pack: int = Field(1, ge=1, description="Train this many seeds of a config together through one pass of "
+                                                "the shared frozen backbone (ptray tune groups seeds by it); each "
+                                                "keeps its own prompt, optimizer state, data order and result.")
 
     @model_validator(mode="after")
     def _length(self) -> "TrainConfig":
         if self.epochs is None and self.max_steps is None:
-            self.epochs = 10
+            self.epochs = DEFAULT_EPOCHS
         return self
 
 
-class MethodConfig(_Strict):
-    """Base of every prompt method's config; `name` picks the entry in ptray.core.methods.METHODS."""
+class TrackingConfig(Strict):
+    """The `tracking:` section: where ptray tune and ptray report log to MLflow."""
 
-    name: str = "vanilla"
-
-    def added_positions(self) -> int:
-        """How many positions the method adds to the input sequence (checked against the model's limit)."""
-        return int(getattr(self, "num_tokens", 0))
-
-
-class PerturbationConfig(_Strict):
-    """Base of every PTP regularizer's config; `space` and `kind` pick the entry in ptray.core.perturbations."""
-
-    # The YAML key is `lambda` (a Python keyword, hence the alias); dumps write it back as `lambda`.
-    model_config = ConfigDict(serialize_by_alias=True, validate_by_name=True, validate_by_alias=True)
-
-    space: str
-    kind: str
-    # loss = L(clean) + lambda * L(perturbed); 0 turns the regularizer off (no perturbed pass at all).
-    lambda_: float = Field(1.0, ge=0, alias="lambda")
+    uri: str | None = Field(None, min_length=1,
+                            description="MLflow tracking URI (a server http://host:port, sqlite:///file.db, ...). "
+                                        "Unset: $MLFLOW_TRACKING_URI, else the experiment folder's mlflow.db.")
 
 
 # Search-space entries of `tune.search`: a list is a grid; otherwise one of these forms.
@@ -181,28 +184,37 @@ SEARCH_KINDS = {
 }
 
 
-class TuneResources(_Strict):
+class TuneResources(Strict):
     """What one trial (one config on one seed) gets: 1 worker trains in the trial's own process; more run a Ray
     Train TorchTrainer of that many DeepSpeed workers."""
 
-    workers: int = Field(1, ge=1)
-    cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(0.0, ge=0)
+    workers: int = Field(1, ge=1, description="Training workers of a trial: 1 trains in the trial's process; more "
+                                              "run a Ray Train TorchTrainer of that many DeepSpeed workers.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs Ray reserves per worker.")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs Ray reserves per worker (fractions share a GPU).")
 
 
-class TuneScheduler(_Strict):
+class TuneScheduler(Strict):
     """fifo runs every trial to the end; asha stops weak trials early; pbt / pb2 evolve the continuous knobs of a
     population (one population per seed). Intervals are in training steps."""
 
-    name: Literal["fifo", "asha", "pbt", "pb2"] = "fifo"
-    grace_period: int | None = Field(None, ge=1)  # asha; default train.eval_every
-    reduction_factor: float = Field(2.0, gt=1)  # asha
-    max_t: int | None = Field(None, ge=1)  # asha: the last rung, where every trial stops; default: its training's end
-    perturbation_interval: int | None = Field(None, ge=1)  # pbt, pb2; default 2 * train.eval_every
-    quantile_fraction: float = Field(0.25, gt=0, le=0.5)  # pbt, pb2
-    resample_probability: float = Field(0.25, ge=0, le=1)  # pbt
-    # pbt, pb2: every member waits at each perturbation, so exploits do not depend on which trial reports first.
-    synch: bool = False
+    name: Literal["fifo", "asha", "pbt", "pb2"] = Field(
+        "fifo", description="fifo runs every trial to the end; asha stops weak trials early; pbt / pb2 evolve the "
+                            "sampled knobs of a population (one per seed). A bare name is accepted for the section.")
+    grace_period: int | None = Field(None, ge=1, description="asha: steps before a trial can be stopped. Unset: "
+                                                             "train.eval_every.")
+    reduction_factor: float = Field(2.0, gt=1, description="asha: 1/reduction_factor of the trials go on at each "
+                                                           "rung.")
+    max_t: int | None = Field(None, ge=1, description="asha: the last rung, where every trial stops. Unset: none (a "
+                                                      "trial ends with its training).")
+    perturbation_interval: int | None = Field(None, ge=1, description="pbt, pb2: steps between exploits. Unset: 2 * "
+                                                                      "train.eval_every.")
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5, description="pbt, pb2: the bottom fraction that copies the "
+                                                                     "top fraction.")
+    resample_probability: float = Field(0.25, ge=0, le=1, description="pbt: probability of resampling a knob from "
+                                                                      "its search entry instead of perturbing it.")
+    # Without it, exploits depend on which trial reports first.
+    synch: bool = Field(False, description="pbt, pb2: every member waits at each perturbation.")
 
     @model_validator(mode="before")
     @classmethod
@@ -222,36 +234,53 @@ class TuneScheduler(_Strict):
                              f"{', '.join(sorted(own)) or 'none'})")
         return self
 
+    def resolved_grace_period(self, eval_every: int) -> int:
+        return self.grace_period or eval_every
 
-class TuneConfirm(_Strict):
+    def resolved_interval(self, eval_every: int) -> int:
+        return self.perturbation_interval or 2 * eval_every
+
+
+class TuneConfirm(Strict):
     """Re-run the top_k configs of the search (and the baseline) on fresh seeds the search never saw."""
 
-    top_k: int = Field(1, ge=1)
-    seeds: list[int] | None = None
-    num_seeds: int | None = Field(None, ge=1)
+    top_k: int = Field(1, ge=1, description="How many of the search's best configs are re-run.")
+    seeds: list[int] | None = Field(None, description="The fresh seeds. Unset: num_seeds seeds after the search's "
+                                                      "largest.")
+    num_seeds: int | None = Field(None, ge=1, description="How many fresh seeds when seeds is unset. Unset: 5.")
 
 
-class TuneConfig(_Strict):
+class TuneConfig(Strict):
     """The `tune:` section: configs x seeds for `ptray tune`."""
 
-    name: str | None = None  # default: the config file's stem
-    # Every config runs on every seed (paired comparisons): a list, or num_seeds for 0..n-1.
-    seeds: list[int] | None = None
-    num_seeds: int | None = Field(None, ge=1)
-    # Dotted config key -> values (see SEARCH_KINDS), e.g. {"train.lr": {"loguniform": [0.001, 0.3]}}.
-    search: dict[str, Any] = Field(default_factory=dict)
-    # grid: every combination; random / optuna: num_samples configs. Default: grid when every entry is a list.
-    searcher: Literal["grid", "random", "optuna"] | None = None
-    num_samples: int = Field(1, ge=1)  # configs drawn by random / optuna; the population size under pbt / pb2
-    scheduler: TuneScheduler = TuneScheduler()
-    confirm: TuneConfirm | None = None
-    # The searched values of the config others are compared with (e.g. {"method.name": "vanilla"}).
-    baseline: dict[str, Any] | None = None
-    resources: TuneResources = TuneResources()
-    max_failures: int = Field(1, ge=0)  # retries of a crashed trial before its seed is recorded as failed
-    max_concurrent: int | None = Field(None, ge=1)
-    storage_path: str | None = None  # Ray Tune storage: a folder, NFS or s3://...; default OUTPUT/ray
-    keep_checkpoints: int = Field(4, ge=2)
+    name: str | None = Field(None, description="The experiment's name (in MLflow and the reports). Unset: the "
+                                               "config file's name.")
+    # Every config runs on every seed: comparisons are paired.
+    seeds: list[int] | None = Field(None, description="The seeds every config runs on. Unset: 0..num_seeds-1.")
+    num_seeds: int | None = Field(None, ge=1, description="How many seeds when seeds is unset. Unset: 5.")
+    search: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Dotted config key -> values: a list (a grid), or one of {" + "; ".join(
+            f"{k}: {d}" for k, d in SEARCH_KINDS.items()) + "}, e.g. {train.lr: {loguniform: [0.001, 0.3]}}.")
+    searcher: Literal["grid", "random", "optuna"] | None = Field(
+        None, description="grid: every combination; random / optuna: num_samples configs. Unset: grid when every "
+                          "search entry is a list, else random.")
+    num_samples: int = Field(1, ge=1, description="Configs drawn by random / optuna; the population size under pbt "
+                                                  "/ pb2.")
+    scheduler: TuneScheduler = Field(default_factory=TuneScheduler, description="Early stopping or population-based "
+                                                                                "training of the trials.")
+    confirm: TuneConfirm | None = Field(None, description="Re-run the best configs on fresh seeds; null: no "
+                                                          "confirmation round.")
+    baseline: dict[str, Any] | None = Field(None, description="The searched values of the config the others are "
+                                                              "compared with, e.g. {method.name: vanilla}.")
+    resources: TuneResources = Field(default_factory=TuneResources, description="What one trial gets.")
+    max_failures: int = Field(1, ge=0, description="Retries of a crashed trial before its seed is recorded as "
+                                                   "failed.")
+    max_concurrent: int | None = Field(None, ge=1, description="Most trials at once. Unset: as many as the cluster's "
+                                                               "resources hold.")
+    storage_path: str | None = Field(None, description="Ray Tune storage: a folder, NFS or s3://... Unset: the "
+                                                       "experiment folder's ray/.")
+    keep_checkpoints: int = Field(4, ge=2, description="Checkpoints Ray Tune keeps per trial.")
 
     @field_validator("search")
     @classmethod
@@ -334,37 +363,37 @@ def _search_entry(key: str, value: Any) -> dict[str, Any]:
     return {kind: values}
 
 
-class ExperimentConfig(_Strict):
-    # Built when a config is: its defaults come from the task registry (which imports this module) and the environment.
-    task: TaskConfig = Field(default_factory=TaskConfig)
-    model: ModelConfig = ModelConfig()
-    method: MethodConfig = MethodConfig()
-    train: TrainConfig = TrainConfig()
-    # Optional PTP regularizer (Chen et al., EMNLP 2023); none by default.
-    perturbation: PerturbationConfig | None = None
+class ExperimentConfig(Strict):
+    # Built when a config is: its defaults come from the task registry and the environment.
+    task: TaskConfig = Field(default_factory=TaskConfig, description="What is learned, and from which data.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The frozen backbone.")
+    method: MethodConfig = Field(default_factory=METHODS[DEFAULT_METHOD],
+                                 description=f"The prompt method, by name: {', '.join(sorted(METHODS))}; the other keys are "
+                                             f"the method's own. Default: {DEFAULT_METHOD}.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="The training run of one seed.")
+    perturbation: PerturbationConfig | None = Field(
+        None, description=f"A PTP regularizer (Chen et al., EMNLP 2023) by space and kind: "
+                          f"{', '.join(sorted(PERTURBATIONS))}; the other keys are its own. null: none.")
     # Sections read by other layers (ptray tune, tracking); the training core ignores them.
-    tune: TuneConfig | None = None
-    tracking: dict[str, Any] | None = None
+    tune: TuneConfig | None = Field(None, description="Configs x seeds for ptray tune; null: ptray tune refuses the "
+                                                      "config.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Where runs are logged.")
 
     @field_validator("method", mode="before")
     @classmethod
     def _method(cls, v: Any) -> MethodConfig:
-        from ptray.core.methods import METHODS
-
         if isinstance(v, MethodConfig):
             v = v.model_dump()
         if not isinstance(v, dict):
             raise ValueError(f"must be a mapping with a 'name' key, got {v!r}")
-        name = str(v.get("name", "vanilla")).lower()
+        name = str(v.get("name", DEFAULT_METHOD)).lower()
         if name not in METHODS:
             raise ValueError(f"unknown method {name!r}; allowed: {', '.join(sorted(METHODS))}")
-        return METHODS[name].config_class.model_validate({**v, "name": name})
+        return METHODS[name].model_validate({**v, "name": name})
 
     @field_validator("perturbation", mode="before")
     @classmethod
     def _perturbation(cls, v: Any) -> PerturbationConfig | None:
-        from ptray.core.perturbations import PERTURBATIONS
-
         if v is None or isinstance(v, PerturbationConfig):
             return v
         if not isinstance(v, dict) or "space" not in v or "kind" not in v:
@@ -372,29 +401,53 @@ class ExperimentConfig(_Strict):
         key = f"{str(v['space']).lower()}/{str(v['kind']).lower()}"
         if key not in PERTURBATIONS:
             raise ValueError(f"unknown space/kind {key!r}; allowed: {', '.join(sorted(PERTURBATIONS))}")
-        space, kind = key.split("/")
-        return PERTURBATIONS[key].config_class.model_validate({**v, "space": space, "kind": kind})
+        return PERTURBATIONS[key].model_validate(v)
 
     @field_validator("perturbation")
     @classmethod
     def _perturbed_prompt_exists(cls, v: PerturbationConfig | None, info) -> PerturbationConfig | None:
         method = info.data.get("method")
-        if getattr(v, "prompt", False) and method is not None and method.name == "deep":
+        if getattr(v, "prompt", False) and method is not None and method.prompt_tokens() == 0:
             raise ValueError(
-                "perturbation.prompt is true, but method deep puts no prompt vectors into the input sequence (its "
-                "prefixes are attention keys/values); set perturbation.prompt=false to perturb the input only"
+                f"perturbation.prompt is true, but method {method.name} puts no prompt vectors into the input "
+                f"sequence; set perturbation.prompt=false to perturb the input only"
             )
         return v
+
+    @field_validator("tracking", mode="before")
+    @classmethod
+    def _no_tracking(cls, v: Any) -> Any:
+        # Configs written before the section was typed hold tracking: null.
+        return {} if v is None else v
 
     @model_validator(mode="after")
     def _packable(self) -> "ExperimentConfig":
         if self.train.seed_pack > 1:
-            from ptray.core.packing import unpackable
-
-            reason = unpackable(self)
+            reason = self.unpackable()
             if reason:
                 raise ValueError(f"train.seed_pack {self.train.seed_pack}: {reason}")
         return self
+
+    def unpackable(self) -> str | None:
+        """Why this config's seeds cannot be packed (ptray.core.packing), with the fix; None when they can."""
+        reason = self.method.unpackable()
+        if reason:
+            return reason
+        if self.perturbation is not None:
+            return (f"perturbation {self.perturbation.space}/{self.perturbation.kind} cannot be packed yet (its extra "
+                    f"passes run per seed); set train.seed_pack=1")
+        if self.model.dropout:
+            return ("model.dropout is true, but packed seeds share one backbone pass and so cannot keep separate "
+                    "dropout streams; set model.dropout=false or train.seed_pack=1")
+        if self.task.k_shot is not None and self.task.sample_seed is None:
+            return (f"task.k_shot {self.task.k_shot} with task.sample_seed unset draws each seed its own sample, but a "
+                    f"pack trains its seeds on one; set task.sample_seed (the sample held fixed across seeds) or "
+                    f"train.seed_pack=1")
+        if self.train.zero_stage != 0:
+            return (f"train.zero_stage {self.train.zero_stage} shards gradients (and ZeRO-3 the shared weights), but "
+                    f"packed seeds clip their gradients one seed at a time; use train.zero_stage=0 or "
+                    f"train.seed_pack=1")
+        return None
 
     def source_seeds(self) -> dict[str, int | None]:
         """The seed of each source of seed variance, as result.json records it under "seeds": the k-shot sample (None
@@ -407,6 +460,45 @@ class ExperimentConfig(_Strict):
                 "init": self.train.init_seed if self.train.init_seed is not None else seed,
                 "order": self.train.order_seed if self.train.order_seed is not None else seed}
 
+    def derived(self, config_name: str | None = None) -> dict[str, tuple[Any, str]]:
+        """Keys whose value follows from other keys where the config leaves them unset: dotted key -> (the value,
+        where it comes from). The consumers read them through the same functions (source_seeds, TuneConfig's and
+        TuneScheduler's resolved_*); `ptray config` and the training log show them. config_name: the config file's
+        stem, the default tune.name."""
+        t, tr, seed = self.task, self.train, self.train.seed
+        out: dict[str, tuple[Any, str]] = {}
+        own = TaskConfig(name=t.name)  # the task's own defaults, resolved as they are for this config
+        collection = TASKS[t.name].collection
+        where = {"data_dir": f"the {collection} collection of the shared data ($PTRAY_DATA_DIR, default "
+                             f"../shared/data/superglue, or its sibling folder)",
+                 "selection_split": f"task {t.name}'s default", "report_split": f"task {t.name}'s default"}
+        out.update({f"task.{k}": (getattr(t, k), w) for k, w in where.items() if getattr(t, k) == getattr(own, k)})
+        seeds = self.source_seeds()
+        if t.sample_seed is None and t.k_shot is not None:
+            out["task.sample_seed"] = (seeds["sample"], "train.seed")
+        if tr.max_steps is None and tr.epochs == DEFAULT_EPOCHS:
+            out["train.epochs"] = (tr.epochs, "train.epochs and train.max_steps unset")
+        for key, source in (("init_seed", "init"), ("order_seed", "order")):
+            if getattr(tr, key) is None:
+                out[f"train.{key}"] = (seeds[source], "train.seed")
+        u = self.tune
+        if u is None:
+            return out
+        if u.name is None and config_name:
+            out["tune.name"] = (config_name, "the config file's name")
+        if u.seeds is None:
+            out["tune.seeds"] = (u.seed_list(), "tune.num_seeds" if u.num_seeds else "5 seeds by default")
+        if u.searcher is None:
+            out["tune.searcher"] = (u.resolved_searcher(), "grid when every search entry is a list, else random")
+        s = u.scheduler
+        if s.name == "asha" and s.grace_period is None:
+            out["tune.scheduler.grace_period"] = (s.resolved_grace_period(tr.eval_every), "train.eval_every")
+        if s.name in ("pbt", "pb2") and s.perturbation_interval is None:
+            out["tune.scheduler.perturbation_interval"] = (s.resolved_interval(tr.eval_every), "2 * train.eval_every")
+        if u.confirm is not None and u.confirm.seeds is None:
+            out["tune.confirm.seeds"] = (u.confirm_seeds(), "the seeds after the search's largest")
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         # serialize_as_any: method and perturbation hold subclasses whose own fields would otherwise be dropped.
         return self.model_dump(mode="json", serialize_as_any=True)
@@ -417,11 +509,9 @@ def _format_error(err: ValidationError, source: str) -> str:
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
         msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see the docs of this section for the allowed keys)"
         given = e.get("input")
-        shown = "" if isinstance(given, dict) or e["type"] in ("extra_forbidden", "missing") else f" (got {given!r})"
-        lines.append(f"  {key}: {msg}{shown}")
+        shown = "" if isinstance(given, dict) or e["type"] in ("unknown_key", "missing") else f" (got {given!r})"
+        lines.append(f"  {key}: {msg}{shown}" if key else f"  {msg}{shown}")
     return "\n".join(lines)
 
 

@@ -104,3 +104,22 @@ def test_ui_refuses_a_port_in_use(tmp_path):
         p = subprocess.run([sys.executable, "-m", "ptray.cli", "ui", str(tmp_path / "exp"), "--port", str(port)],
                            capture_output=True, text=True, cwd=REPO, timeout=120)
     assert p.returncode == 2 and f"port {port} on 127.0.0.1 is already in use" in p.stderr
+
+
+def _config(*args):
+    return subprocess.run([sys.executable, "-m", "ptray.cli", "config", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+
+
+def test_config_prints_the_resolved_config_and_refuses_unknown_keys():
+    p = _config("experiments/quickstart.yaml", "train.lr=0.1", "train.seed=3")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "lr: 0.1" in p.stdout and "# default 0.03" in p.stdout
+    assert "init_seed: 3" in p.stdout and "# from train.seed" in p.stdout
+    assert "name: quickstart" in p.stdout and "# from the config file's name" in p.stdout
+    values = json.loads(_config("train.lr=0.1", "--json").stdout)  # overrides without a file: the defaults
+    assert values["train.lr"]["value"] == 0.1 and values["train.lr"]["default"] == 0.03
+    assert values["train.order_seed"] == {"value": 0, "default": None, "derived_from": "train.seed",
+                                          "description": values["train.order_seed"]["description"]}
+    bad = _config("experiments/quickstart.yaml", "method.num_token=4")
+    assert bad.returncode == 2 and "method.num_token: unknown key" in bad.stderr and "num_tokens" in bad.stderr

@@ -10,7 +10,8 @@ from conftest import tiny_config
 from ptray.config import ConfigError, config_from_dict
 from ptray.core import backbone as bb
 from ptray.core.data import Encoder, collate
-from ptray.core.train import ADAPTER_FILE, build_model, prepare, train
+from ptray.core.train import build_model, prepare, train
+from ptray.layout import ADAPTER_FILE
 
 
 def setup(data_dir, model="minilm", task="rte", **method):

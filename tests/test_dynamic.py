@@ -14,8 +14,9 @@ from conftest import tiny_config
 from ptray.config import ConfigError, config_from_dict
 from ptray.core import backbone as bb
 from ptray.core.data import Encoder, collate
-from ptray.core.methods import BackboneInfo
-from ptray.core.methods.dynamic import DynamicConfig, DynamicPrompt, place, shorten
+from ptray.core.methods.base import BackboneInfo
+from ptray.core.methods.dynamic.config import DynamicConfig
+from ptray.core.methods.dynamic.model import DynamicPrompt, place, shorten
 from ptray.core.train import build_model, prepare, train
 
 MODES = ["position", "length", "representation", "task_position", "position+representation"]

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import tiny_config
 from ptray.config import ConfigError, config_from_dict
-from ptray.core.train import RESULT_FILE, build_model, new_result, prepare, train
+from ptray.core.train import build_model, new_result, prepare, train
+from ptray.layout import RESULT_FILE
 
 
 def sentence(data_dir, name, **task):

@@ -14,7 +14,8 @@ from ptray.core.data import Encoder, collate
 from ptray.core.methods import METHODS
 from ptray.core.model import option_loss
 from ptray.core.perturbations import PERTURBATIONS, build_perturbation
-from ptray.core.perturbations.embedding import EmbeddingRandomConfig, Noise, prompt_slots
+from ptray.core.perturbations.embedding.config import EmbeddingRandomConfig
+from ptray.core.perturbations.embedding.model import Noise, prompt_slots
 from ptray.core.train import build_model, loss_fn, prepare, train
 
 VARIANTS = {
@@ -77,7 +78,7 @@ def test_config_sections_dispatch_validate_and_round_trip(data_dir):
     assert cfg_of(data_dir).perturbation is None
     for key, cls in PERTURBATIONS.items():
         cfg = cfg_of(data_dir, section(key, **{"lambda": 0.5}))
-        assert type(cfg.perturbation) is cls.config_class and cfg.perturbation.lambda_ == 0.5
+        assert type(cfg.perturbation) is cls and cfg.perturbation.lambda_ == 0.5
         dumped = cfg.to_dict()["perturbation"]
         assert dumped["lambda"] == 0.5 and "lambda_" not in dumped
         assert config_from_dict(cfg.to_dict()).perturbation == cfg.perturbation
@@ -300,7 +301,7 @@ def test_hotflip_substitutes_at_most_k_editable_tokens(s, copa_causal, tiny_mode
 
 # --- composition with the prompt methods ----------------------------------------------------------------------------
 def _method_section(name):
-    fields = METHODS[name].config_class.model_fields
+    fields = METHODS[name].model_fields
     return {"name": name, **({"num_tokens": 4} if "num_tokens" in fields else {})}
 
 

@@ -392,7 +392,8 @@ def test_experiment_config_prepares(name, data_dir):
 # --- end to end on the real model: one multiple-choice task and MultiRC's grouped metrics ---------------------
 @pytest.mark.parametrize("name,keys", [("copa", {"accuracy"}), ("multirc", {"f1a", "em"})])
 def test_train_end_to_end(name, keys, data_dir, tmp_path):
-    from ptray.core.train import RESULT_FILE, train
+    from ptray.core.train import train
+    from ptray.layout import RESULT_FILE
 
     cfg = config_from_dict(tiny_config(data_dir, task={"name": name, "max_eval_examples": 16},
                                        train={"max_steps": 2, "eval_every": 2}))

@@ -190,8 +190,8 @@ def _flat_prefix(cfg, hf_config, family: str, geometry: dict, method_state: dict
 
     import torch
 
-    from ptray.core.methods import BackboneInfo
-    from ptray.core.methods.deep import DeepPrompt
+    from ptray.core.methods.base import BackboneInfo
+    from ptray.core.methods.deep.model import DeepPrompt
 
     # DeepPrompt reads the backbone's config only: the prefix's geometry, nothing of the weights.
     info = BackboneInfo(geometry["hidden_size"], geometry["num_layers"], geometry["num_heads"], family,

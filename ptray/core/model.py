@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ptray.core.backbone import Backbone
-from ptray.core.methods import PromptMethod
+from ptray.core.methods.base import PromptMethod
 
 # Score of an option an example does not have (ReCoRD examples have different candidate counts).
 MISSING = -1e9

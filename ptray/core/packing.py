@@ -17,6 +17,7 @@ With dropout off and fp32, K packed seeds give the numbers of K separate `train`
 """
 from __future__ import annotations
 
+import logging
 import time
 import traceback
 from pathlib import Path
@@ -26,40 +27,16 @@ import torch
 from torch import nn
 
 from ptray.config import ConfigError, ExperimentConfig
+from ptray.config_view import as_text
 from ptray.core.data import collate
-from ptray.core.methods import Prompted
+from ptray.core.methods.base import Prompted
 from ptray.core.model import PromptModel, option_loss
 from ptray.core.train import (Diverged, Prepared, Reporter, TrainLoop, _world, build_engine, check_loss, load_model,
-                              new_result, predict, prepare, resume, seed_everything, total_steps, write_result)
+                              new_result, predict, prepare, resolved_at_load, resume, seed_everything, total_steps,
+                              write_result)
 from ptray.layout import flatten
 
-# Methods whose prompt is a function of the seed's own parameters and the input alone (no kv-prefixes), so their
-# prompted rows can join one backbone pass.
-PACKABLE_METHODS = ("vanilla", "residual")
-
-
-def unpackable(cfg: ExperimentConfig) -> str | None:
-    """Why this config's seeds cannot be packed, with the fix; None when they can. Checked when a config is read."""
-    if cfg.method.name not in PACKABLE_METHODS:
-        return (f"method {cfg.method.name!r} cannot be packed yet (packable: {', '.join(PACKABLE_METHODS)}); "
-                f"set train.seed_pack=1")
-    if getattr(cfg.method, "dropout", 0):
-        return (f"method.dropout {cfg.method.dropout}: packed seeds share one random stream, so a method's dropout "
-                f"cannot stay per seed; set method.dropout=0 or train.seed_pack=1")
-    if cfg.perturbation is not None:
-        return (f"perturbation {cfg.perturbation.space}/{cfg.perturbation.kind} cannot be packed yet (its extra passes "
-                f"run per seed); set train.seed_pack=1")
-    if cfg.model.dropout:
-        return ("model.dropout is true, but packed seeds share one backbone pass and so cannot keep separate dropout "
-                "streams; set model.dropout=false or train.seed_pack=1")
-    if cfg.task.k_shot is not None and cfg.task.sample_seed is None:
-        return (f"task.k_shot {cfg.task.k_shot} with task.sample_seed unset draws each seed its own sample, but a pack "
-                f"trains its seeds on one; set task.sample_seed (the sample held fixed across seeds) or "
-                f"train.seed_pack=1")
-    if cfg.train.zero_stage != 0:
-        return (f"train.zero_stage {cfg.train.zero_stage} shards gradients (and ZeRO-3 the shared weights), but packed "
-                f"seeds clip their gradients one seed at a time; use train.zero_stage=0 or train.seed_pack=1")
-    return None
+log = logging.getLogger(__name__)
 
 
 def check_pack(cfgs: list[ExperimentConfig]) -> None:
@@ -76,7 +53,7 @@ def check_pack(cfgs: list[ExperimentConfig]) -> None:
         if differ:
             raise ConfigError(f"packed configs may differ only in train.seed; seed {c.train.seed} differs from seed "
                               f"{seeds[0]} in {', '.join(differ)}: run those as separate packs")
-    reason = unpackable(cfgs[0])
+    reason = cfgs[0].unpackable()
     if reason:
         raise ConfigError(reason)
 
@@ -121,7 +98,7 @@ class PackedModel(nn.Module):
         live = [i for i, n in enumerate(sizes) if n]
         embeds = first.backbone.get_input_embeddings()(batch["input_ids"]).split(row_counts)
         prompted = [self.seeds[i].method(embeds[i], parts[i]["attention_mask"], parts[i]) for i in live]
-        # Input-level prompts only (see PACKABLE_METHODS): the rows of every seed have the same prompted width.
+        # Input-level prompts only (see MethodConfig.unpackable): the rows of every seed have the same prompted width.
         joint = Prompted(*(torch.cat(t) for t in zip(*(p[:3] for p in prompted))))
         live_rows = [row_counts[i] for i in live]
         if first.family == "encoder":
@@ -177,6 +154,8 @@ def train_packed(cfgs: list[ExperimentConfig], output_dirs: list[str | Path | No
                           f"reporters: give one of each per seed")
     t0 = time.perf_counter()
     p = prepared or prepare(cfgs[0])
+    log.info("config of the packed seeds %s (shown: the first's), resolved:\n%s", [c.train.seed for c in cfgs],
+             as_text(cfgs[0], resolved=resolved_at_load(cfgs[0], p)))
     outs = [Path(d) if d is not None else None for d in output_dirs]
     results = [new_result(c, p) for c in cfgs]
     seeds = [c.train.seed for c in cfgs]

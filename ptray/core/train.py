@@ -8,6 +8,7 @@ No Ray and no MLflow here: the distributed layer calls `train` (with a `reporter
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 import traceback
@@ -20,14 +21,17 @@ import numpy as np
 import torch
 
 from ptray.config import ConfigError, ExperimentConfig
+from ptray.config_view import as_text
 from ptray.core import backbone as bb
 from ptray.core.data import Encoded, Encoder, collate, sample_per_class, train_order
-from ptray.core.methods import METHODS, BackboneInfo
+from ptray.core.methods.base import BackboneInfo
 from ptray.core.model import PromptModel, option_loss
 from ptray.core.perturbations import build_perturbation
 from ptray.core.tasks import Example, Task, build_task
 from ptray.core.zero import gathered
 from ptray.layout import ADAPTER_FILE, RESULT_FILE, write_json
+
+log = logging.getLogger(__name__)
 
 
 class Reporter(Protocol):
@@ -84,6 +88,16 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     return Prepared(cfg, task, train, selection, report, family, device, cautions)
 
 
+def resolved_at_load(cfg: ExperimentConfig, p: Prepared) -> dict[str, tuple[str, str]]:
+    """The keys that `prepare` decides rather than the config ("auto"): dotted key -> (value, where it comes from)."""
+    out = {}
+    if cfg.model.family == "auto":
+        out["model.family"] = (p.family, "detected from the model's config")
+    if cfg.model.device == "auto":
+        out["model.device"] = (p.device.type, "the devices torch sees")
+    return out
+
+
 def load_splits(cfg: ExperimentConfig, task: Task) -> tuple[list[Example], list[Example], list[Example]]:
     """The train, selection and report examples. With task.k_shot K, the few-shot protocol: K per class of the train
     split and K per class of the selection split, drawn by the sample seed; where both are one split, the two samples
@@ -117,6 +131,7 @@ def train(cfg: ExperimentConfig, output_dir: str | Path | None = None, reporter:
     """Train one seed. Returns (and writes to output_dir/result.json) the result, `status` ok or failed."""
     t0 = time.perf_counter()
     p = prepared or prepare(cfg)
+    log.info("config of seed %s, resolved:\n%s", cfg.train.seed, as_text(cfg, resolved=resolved_at_load(cfg, p)))
     out = Path(output_dir) if output_dir is not None else None
     result = new_result(cfg, p)
     engine = None
@@ -226,7 +241,7 @@ def build_model(cfg: ExperimentConfig, backbone: bb.Backbone, task: Task) -> Pro
     info = BackboneInfo(backbone.hidden_size, backbone.num_layers, backbone.num_heads, backbone.family,
                         backbone.model.get_input_embeddings(), backbone.tokenizer, backbone=backbone.model)
     generator = torch.Generator().manual_seed(cfg.source_seeds()["init"])
-    method = METHODS[cfg.method.name](cfg.method, info, generator)
+    method = cfg.method.build(info, generator)
     labels = task.get_labels()
     return PromptModel(backbone, method, len(labels) if labels else None, [], cfg.model.pooling, cfg.model.dropout)
 

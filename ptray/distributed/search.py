@@ -207,11 +207,11 @@ class SearchPlan:
             return None
         if s.name == "asha":
             # Without max_t, a trial that survives every rung ends when its training does.
-            return ASHAScheduler(time_attr="step", metric=self.metric, mode="max", grace_period=s.grace_period or every,
+            return ASHAScheduler(time_attr="step", metric=self.metric, mode="max", grace_period=s.resolved_grace_period(every),
                                  reduction_factor=s.reduction_factor, max_t=s.max_t or 10**9)
         from ptray.distributed.pbt import SeedPB2, SeedPBT  # PB2 imports scikit-learn
 
-        interval = s.perturbation_interval or 2 * every
+        interval = s.resolved_interval(every)
         if s.name == "pbt":
             mutations = {k: domain(self.tune.search[k]) for k in self.sampled_keys}
             return SeedPBT(time_attr="step", metric=self.metric, mode="max", perturbation_interval=interval,

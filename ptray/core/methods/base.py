@@ -36,9 +36,7 @@ class BackboneInfo:
 
 
 class PromptMethod(nn.Module):
-    """Subclasses set `config_class` and implement `forward`."""
-
-    config_class: type
+    """Subclasses implement `forward`; their config's `build` (in its config.py) constructs them."""
 
     def __init__(self, config, info: BackboneInfo):
         super().__init__()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ptray.core.methods import Prompted
+from ptray.core.methods.base import Prompted
 
 
 class Perturb:
@@ -36,9 +36,7 @@ class AddToInputs(Perturb):
 
 
 class Perturbation:
-    """Subclasses set `config_class` and implement `perturbed_loss`."""
-
-    config_class: type
+    """Subclasses implement `perturbed_loss`; their config's `build` (in its config.py) constructs them."""
 
     def __init__(self, config, tokenizer, seed: int, rank: int = 0):
         self.config = config

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from ptray.config import ConfigError, TaskConfig
+from ptray.config_base import ConfigError
+
+if TYPE_CHECKING:  # the schema imports this registry for the tasks' defaults
+    from ptray.config import TaskConfig
 
 
 @dataclass

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ptray.config import ConfigError
+from ptray.config_base import ConfigError
 from ptray.core.tasks.base import Example, Task
 
 

@@ -2,8 +2,6 @@
 exact match per question (EM: every answer of the question judged right)."""
 from collections import defaultdict
 
-from sklearn.metrics import f1_score
-
 from ptray.core.tasks.base import Example, Task
 
 
@@ -29,6 +27,8 @@ class MultiRC(Task):
         return out
 
     def compute_metrics(self, examples, predictions):
+        from sklearn.metrics import f1_score  # slow to import, and the config schema imports the task registry
+
         gold = [e.label for e in examples]
         f1a = float(f1_score(gold, predictions, pos_label=1, average="binary", zero_division=0))
         per_q: dict[int, bool] = defaultdict(lambda: True)

@@ -11,53 +11,25 @@ Gumbel-Softmax (one-hot forward, soft gradients):
     position+representation   both
 
 Training samples with Gumbel noise at a temperature annealed per optimizer step; evaluation takes the argmax.
-Reference code: github.com/Xianjun-Yang/DPT (defaults below say where they come from).
+Reference code: github.com/Xianjun-Yang/DPT (its defaults: config.py).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 from torch import nn
 
 from ptray.core.methods.base import BackboneInfo, PromptMethod, Prompted, init_prompt, prepend
-from ptray.core.methods.vanilla import VanillaConfig
 
-
-class DynamicConfig(VanillaConfig):
-    """num_tokens, init and init_text as for vanilla prompts (20 tokens, as in the reference code)."""
-
-    name: Literal["dynamic"] = "dynamic"
-    mode: Literal["position", "length", "representation", "task_position", "position+representation"] = "position"
-    # Representation modes: the pool of prompts (reference code: --k 4) and how instances weigh it.
-    pool_size: int = Field(4, ge=2)
-    pool_weights: Literal["softmax", "gumbel"] = "softmax"
-    # 0: one linear layer from the pooled input to the logits, as in the reference code; > 0: a tanh MLP.
-    selector_hidden: int = Field(0, ge=0)
-    # tau = max(tau0 * exp(-anneal_rate * step), tau_min). The reference anneals 1.0 -> 0.5 and reaches the floor
-    # after ~680 steps; 1e-3 per step reaches it after 693.
-    tau0: float = Field(1.0, gt=0)
-    tau_min: float = Field(0.5, gt=0)
-    anneal_rate: float = Field(1e-3, ge=0)
-    # Straight-through (one-hot forward) as in the paper; false mixes the choices softly (an ablation).
-    hard: bool = True
-
-    @model_validator(mode="after")
-    def _temperatures(self):
-        if self.tau_min > self.tau0:
-            raise ValueError(
-                f"method.tau_min ({self.tau_min}) is above method.tau0 ({self.tau0}); the temperature anneals down "
-                f"from tau0 to tau_min: set tau_min <= tau0"
-            )
-        return self
+if TYPE_CHECKING:  # annotations only: the config module imports this one lazily, in build()
+    from ptray.core.methods.dynamic.config import DynamicConfig
 
 
 class DynamicPrompt(PromptMethod):
-    config_class = DynamicConfig
-
     def __init__(self, config: DynamicConfig, info: BackboneInfo, generator: torch.Generator):
         super().__init__(config, info)
         length, hidden, mode = config.num_tokens, info.hidden_size, config.mode

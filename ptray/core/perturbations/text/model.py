@@ -3,33 +3,20 @@ delete) or adversarially (PTP-ADV: first-order HotFlip substitutions, Ebrahimi e
 and answer tokens never change; the prompt is not part of the input ids."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import torch
-from pydantic import Field
 
-from ptray.config import ConfigError, PerturbationConfig
+from ptray.config import ConfigError
 from ptray.core.model import option_loss
 from ptray.core.perturbations.base import AddToInputs, Perturbation
 from ptray.core.zero import gathered
 
+if TYPE_CHECKING:  # annotations only: the config module imports this one lazily, in build()
+    from ptray.core.perturbations.text.config import TextAdversarialConfig, TextRandomConfig
+
 # Per-token tensors of a batch that move with their token when tokens are deleted.
 TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "target_mask")
-
-
-class TextRandomConfig(PerturbationConfig):
-    space: Literal["text"] = "text"
-    kind: Literal["random"] = "random"
-    # Each editable token is corrupted independently with probability p.
-    p: float = Field(0.1, gt=0, le=1)
-    op: Literal["mask", "replace", "delete"] = "mask"
-
-
-class TextAdversarialConfig(PerturbationConfig):
-    space: Literal["text"] = "text"
-    kind: Literal["adversarial"] = "adversarial"
-    # At most k substituted tokens per row (per example; per option row for multiple choice).
-    k: int = Field(2, ge=1)
 
 
 def vocabulary(tokenizer, special_ids: torch.Tensor) -> torch.Tensor:
@@ -53,8 +40,6 @@ def delete_tokens(batch: dict, drop: torch.Tensor, pad_id: int) -> dict:
 class TextRandom(Perturbation):
     """PTP-RN in text space: mask, replace with a random vocabulary token, or delete each editable token with
     probability p, freshly every step."""
-
-    config_class = TextRandomConfig
 
     def __init__(self, config: TextRandomConfig, tokenizer, seed: int, rank: int = 0):
         super().__init__(config, tokenizer, seed, rank)
@@ -86,8 +71,6 @@ class TextRandom(Perturbation):
 class TextAdversarial(Perturbation):
     """PTP-ADV in text space, first-order HotFlip: the gradient of the loss at each input embedding scores every
     vocabulary substitution, (E_w - E_x) . g; the k best loss-raising ones per row are made."""
-
-    config_class = TextAdversarialConfig
 
     def __init__(self, config: TextAdversarialConfig, tokenizer, seed: int, rank: int = 0):
         super().__init__(config, tokenizer, seed, rank)

@@ -7,32 +7,23 @@ The method leaves the input sequence as it is and returns one (key, value) pair 
 backbone: as a cache for encoders (BERT-like) and decoder-only LMs, and through the encoder's self-attention layers
 for T5 (its encoder stack ignores caches).
 
-Defaults follow P-tuning v2 (github.com/THUDM/P-tuning-v2): 20 prefix tokens (run_script/run_rte_bert.sh),
-no projection and a 512-wide projection when asked (arguments.py), dropout 0.1 on the prefix, prefix vectors drawn
-from N(0, 1) as its nn.Embedding starts them.
+Prefix vectors are drawn from N(0, 1), as P-tuning v2's nn.Embedding starts them (its other defaults: config.py).
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from ptray.config import ConfigError, MethodConfig
+from ptray.config import ConfigError
 from ptray.core.methods.base import BackboneInfo, PromptMethod, Prompted
+
+if TYPE_CHECKING:  # annotations only: the config module imports this one lazily, in build()
+    from ptray.core.methods.deep.config import DeepConfig
 
 # Encoder-decoder models whose encoder layers take a prefix the way PromptModel feeds it (T5's block layout).
 SEQ2SEQ_SUPPORTED = ("t5", "mt5")
-
-
-class DeepConfig(MethodConfig):
-    name: Literal["deep"] = "deep"
-    # The backbone counts the prefix as past tokens (inputs start at position L), so added_positions() counts it.
-    num_tokens: int = Field(20, ge=1)
-    projection: bool = False
-    projection_hidden: int = Field(512, ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
 
 
 def kv_geometry(info: BackboneInfo) -> tuple[int, int]:
@@ -44,8 +35,6 @@ def kv_geometry(info: BackboneInfo) -> tuple[int, int]:
 
 
 class DeepPrompt(PromptMethod):
-    config_class = DeepConfig
-
     def __init__(self, config: DeepConfig, info: BackboneInfo, generator: torch.Generator):
         super().__init__(config, info)
         model_type = info.backbone.config.model_type

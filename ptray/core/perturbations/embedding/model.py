@@ -2,38 +2,17 @@
 or adversarial by projected gradient ascent (PTP-ADV, PGD as in FreeLB's reference code)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import torch
-from pydantic import Field
 
-from ptray.config import ConfigError, PerturbationConfig
-from ptray.core.methods import Prompted
+from ptray.config import ConfigError
+from ptray.core.methods.base import Prompted
 from ptray.core.model import option_loss
 from ptray.core.perturbations.base import AddToInputs, Perturb, Perturbation
 
-
-class EmbeddingRandomConfig(PerturbationConfig):
-    space: Literal["embedding"] = "embedding"
-    kind: Literal["random"] = "random"
-    distribution: Literal["gaussian", "uniform"] = "gaussian"
-    # Gaussian std or uniform half-range of each coordinate. With scale: norm, in units of each vector's RMS coordinate
-    # (|e| / sqrt(H)): Gaussian noise then has about sigma times the vector's norm, on any backbone.
-    sigma: float = Field(0.1, gt=0)
-    scale: Literal["absolute", "norm"] = "norm"
-    # Also perturb the prompt vectors (as the backbone reads them), not only the input tokens.
-    prompt: bool = False
-
-
-class EmbeddingAdversarialConfig(PerturbationConfig):
-    space: Literal["embedding"] = "embedding"
-    kind: Literal["adversarial"] = "adversarial"
-    # K ascent steps of size alpha inside an epsilon ball; l2: one ball per row over all its token embeddings
-    # (FreeLB's convention), linf: a bound on every coordinate. Defaults: FreeLB's RTE setting (K 3, 6e-2, 1.4e-1).
-    steps: int = Field(3, ge=1)
-    alpha: float = Field(0.06, gt=0)
-    epsilon: float = Field(0.14, gt=0)
-    norm: Literal["l2", "linf"] = "l2"
+if TYPE_CHECKING:  # annotations only: the config module imports this one lazily, in build()
+    from ptray.core.perturbations.embedding.config import EmbeddingRandomConfig
 
 
 def prompt_slots(p: Prompted) -> torch.Tensor:
@@ -78,8 +57,6 @@ class Noise(Perturb):
 class EmbeddingRandom(Perturbation):
     """PTP-RN in embedding space: Gaussian or uniform noise, resampled every step."""
 
-    config_class = EmbeddingRandomConfig
-
     def perturbed_loss(self, model, batch):
         noise = Noise(self.config, self.generator(batch["input_ids"].device))
         return option_loss(model(batch, noise), batch["labels"])
@@ -89,8 +66,6 @@ class EmbeddingAdversarial(Perturbation):
     """PTP-ADV in embedding space: K-step PGD on a perturbation delta of the input's word embeddings, from a random start
     inside the ball. The ascent takes gradients with respect to delta only (the prompt collects none from it); the
     prompt then learns from the loss at the final delta."""
-
-    config_class = EmbeddingAdversarialConfig
 
     def perturbed_loss(self, model, batch):
         return option_loss(model(batch, AddToInputs(self.attack(model, batch))), batch["labels"])

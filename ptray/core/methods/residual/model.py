@@ -2,34 +2,21 @@
 MLP with a skip connection, P'_i = P_i + LN(dropout(W2 act(W1 P_i))). After training the MLP is folded away:
 the saved adapter holds the projected prompt P', which a vanilla prompt loads and scores with exactly the same
 numbers.
-
-Defaults follow the reference code (github.com/arazd/ResidualPrompts, train.py): bottleneck 800, ReLU,
-LayerNorm on, residual on, dropout 0, one MLP shared by all tokens, 10 prompt tokens sampled from the vocabulary.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from ptray.core.methods.base import BackboneInfo, Prompted, prepend
-from ptray.core.methods.vanilla import VanillaConfig, VanillaPrompt
+from ptray.core.methods.vanilla.model import VanillaPrompt
+
+if TYPE_CHECKING:  # annotations only: the config module imports this one lazily, in build()
+    from ptray.core.methods.residual.config import ResidualConfig
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
-
-
-class ResidualConfig(VanillaConfig):
-    name: Literal["residual"] = "residual"
-    num_tokens: int = Field(10, ge=1)
-    bottleneck: int = Field(800, ge=1)
-    activation: Literal["relu", "tanh", "sigmoid"] = "relu"
-    layer_norm: bool = True
-    residual: bool = True
-    dropout: float = Field(0.0, ge=0, lt=1)
-    # One MLP per prompt token instead of one shared by all (the paper's "separate MLPs" ablation).
-    separate_mlps: bool = False
 
 
 class ResidualMLP(nn.Module):
@@ -51,8 +38,6 @@ class ResidualMLP(nn.Module):
 
 class ResidualPrompt(VanillaPrompt):
     """The vanilla prompt's vectors, read through the residual MLP(s)."""
-
-    config_class = ResidualConfig
 
     def __init__(self, config: ResidualConfig, info: BackboneInfo, generator: torch.Generator):
         super().__init__(config, info, generator)
