@@ -1,0 +1,73 @@
+"""Run a study: every experiment YAML in a claim's folder through `ptray tune` and `ptray report`, then write the
+claim's RESULTS.md from the reports' own numbers (stats.json), so nothing in it is typed by hand.
+
+    python studies/run.py studies/residual            # runs what has no result yet, then writes RESULTS.md
+    python studies/run.py studies/residual --summary  # only rewrites RESULTS.md from the reports on disk
+
+Each YAML <task>.yaml runs into <claim>/<task>/ (the whole experiment folder; only its report/ is committed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+def run(folder: Path) -> None:
+    for config in sorted(folder.glob("*.yaml")):
+        out = folder / config.stem
+        if (out / "report" / "stats.json").is_file():
+            continue
+        t0 = time.perf_counter()
+        args = ["tune", "--resume", str(out)] if (out / "experiment.json").is_file() else ["tune", str(config),
+                                                                                         "--output", str(out)]
+        subprocess.run([sys.executable, "-m", "ptray.cli", *args], check=True)
+        subprocess.run([sys.executable, "-m", "ptray.cli", "report", str(out)], check=True)
+        took = time.perf_counter() - t0
+        # The load says how far the time is from an idle machine's (this machine is shared).
+        timing = {"seconds": round(took), "finished": datetime.now(timezone.utc).isoformat(timespec="minutes"),
+                  "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                  "load_average_at_end": round(os.getloadavg()[0], 1)}
+        (out / "report" / "timing.json").write_text(json.dumps(timing, indent=2))
+
+
+def summary(folder: Path) -> str:
+    lines = [f"# {folder.name}: results", "",
+             f"Written by `python studies/run.py {folder}` from each experiment's `report/stats.json`; the full "
+             "reports are linked.", "",
+             "| task | config | n | mean ± std | worst | ≤ majority | took |", "|---|---|---:|---|---:|---:|---:|"]
+    sentences = []
+    for config in sorted(folder.glob("*.yaml")):
+        stats_file = folder / config.stem / "report" / "stats.json"
+        if not stats_file.is_file():
+            lines.append(f"| {config.stem} | not run yet | | | | | |")
+            continue
+        s = json.loads(stats_file.read_text())
+        timing_file = stats_file.with_name("timing.json")
+        took = f"{json.loads(timing_file.read_text())['seconds'] / 60:.1f} min" if timing_file.is_file() else "?"
+        m = s["primary_metric"]
+        for c in s["configs"].values():
+            h = c["summary"][m]
+            lines.append(f"| [{config.stem}]({config.stem}/report/report.md) | {c['label']} | {h['n_ok']} | "
+                         f"{h['mean']:.4f} ± {h['std']:.4f} | {h['min']:.4f} | {int(h['n_at_majority'])}/{h['n_seeds']} "
+                         f"| {took} |")
+            if c["comparison"]:
+                sentences.append(f"- **{config.stem}**: {c['comparison']['sentence']}")
+    return "\n".join(lines + ["", *sentences, ""])
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path, help="a claim's folder under studies/")
+    parser.add_argument("--summary", action="store_true", help="only rewrite RESULTS.md from the reports on disk")
+    a = parser.parse_args()
+    if not a.summary:
+        run(a.folder)
+    (a.folder / "RESULTS.md").write_text(summary(a.folder))
+    print(f"wrote {a.folder / 'RESULTS.md'}")
