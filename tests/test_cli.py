@@ -74,16 +74,21 @@ def test_ui_stops_its_server_when_it_is_terminated(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ui = subprocess.Popen([sys.executable, "-m", "ptray.cli", "ui", str(tmp_path / "exp"), "--port", str(port)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    # Output to files, not pipes: the server's workers inherit them, and reading a pipe they hold open never ends.
+    out, err = tmp_path / "ui.out", tmp_path / "ui.err"
+    with out.open("w") as o, err.open("w") as e:
+        ui = subprocess.Popen([sys.executable, "-m", "ptray.cli", "ui", str(tmp_path / "exp"), "--port", str(port)],
+                              stdout=o, stderr=e, text=True, cwd=REPO)
     try:
-        deadline = time.monotonic() + 180
+        # A guard against a server that never starts, not a speed check: MLflow 3's server has taken minutes to
+        # start on a loaded 2-core machine.
+        deadline = time.monotonic() + 600
         while not _listening(port):
-            assert ui.poll() is None and time.monotonic() < deadline, ui.stderr.read()[-2000:]
+            assert ui.poll() is None and time.monotonic() < deadline, err.read_text()[-2000:]
             time.sleep(1)
         ui.send_signal(signal.SIGTERM)
         assert ui.wait(timeout=30) == 0
-        assert f"http://127.0.0.1:{port}/#/experiments/{experiment_id}" in ui.stdout.read()
+        assert f"http://127.0.0.1:{port}/#/experiments/{experiment_id}" in out.read_text()
         deadline = time.monotonic() + 15
         while _listening(port):  # the server and its workers go with it
             assert time.monotonic() < deadline, f"port {port} still answers after ptray ui stopped"
