@@ -50,7 +50,7 @@ def summary(folder: Path) -> str:
             continue
         s = json.loads(stats_file.read_text())
         timing_file = stats_file.with_name("timing.json")
-        took = f"{json.loads(timing_file.read_text())['seconds'] / 60:.1f} min" if timing_file.is_file() else "?"
+        took = f"{json.loads(timing_file.read_text())['seconds'] / 60:.1f} min" if timing_file.is_file() else "not timed"
         m = s["primary_metric"]
         for c in s["configs"].values():
             h = c["summary"][m]
