@@ -50,15 +50,45 @@ def open_tracker(experiment_dir: str | Path, tracking_uri: str | None = None) ->
     return Tracker(uri, meta.get("name") or Path(experiment_dir).name, experiment_dir)
 
 
+def _open_store(uri: str, experiment_dir: Path):
+    """An MlflowClient on the store. The folder's own SQLite store holds nothing the folder does not (every run is
+    logged again from the result.json files), so one that cannot be opened, such as the half-migrated file of a
+    process killed while MLflow created it, is moved aside (kept, not deleted) and started afresh."""
+    import sys
+
+    from mlflow import MlflowClient
+
+    db = experiment_dir / DB_FILE
+    try:
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)  # MLflow opens (and migrates) a SQLite store lazily
+        return client
+    except Exception as e:  # noqa: BLE001 - any failure to open it; a store not ptray's own is re-raised
+        if uri != f"sqlite:///{db}" or not db.is_file():
+            raise
+        aside = db.with_name(f"{DB_FILE}.broken-{int(time.time())}")
+        db.rename(aside)
+        journal = db.with_name(f"{DB_FILE}-journal")
+        if journal.is_file():
+            journal.rename(aside.with_name(f"{aside.name}-journal"))
+        # MLflow keeps one engine per URI for the process; it still points at the file moved aside.
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)
+        if engine is not None:
+            engine.dispose()
+        print(f"warning: the MLflow store {db} could not be opened ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+              f"moved it to {aside.name} and rebuilding it from the folder's results", file=sys.stderr)
+        return MlflowClient(uri)
+
+
 class Tracker:
     """Writes one experiment folder's runs to MLflow. Use from a single process (the Tune driver, or the CLI)."""
 
     def __init__(self, tracking_uri: str, experiment_name: str, experiment_dir: str | Path):
-        from mlflow import MlflowClient
-
         self.uri = tracking_uri
         self.dir = Path(experiment_dir).resolve()
-        self.client = MlflowClient(tracking_uri)
+        self.client = _open_store(tracking_uri, self.dir)
         self.meta = read_experiment_json(self.dir)
         self.experiment_id = self._experiment(experiment_name)
         self._parents: dict[str, str] = {}
