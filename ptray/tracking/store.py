@@ -64,7 +64,8 @@ def _open_store(uri: str, experiment_dir: Path):
         client.search_experiments(max_results=1)  # MLflow opens (and migrates) a SQLite store lazily
         return client
     except Exception as e:  # noqa: BLE001 - any failure to open it; a store not ptray's own is re-raised
-        if uri != f"sqlite:///{db}" or not db.is_file():
+        # A busy store (another process writing) is sound: only a file that cannot be read as a store is replaced.
+        if uri != f"sqlite:///{db}" or not db.is_file() or "locked" in str(e) or "busy" in str(e):
             raise
         aside = db.with_name(f"{DB_FILE}.broken-{int(time.time())}")
         db.rename(aside)
