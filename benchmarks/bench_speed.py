@@ -2,7 +2,7 @@
 when installed). One run measures everything on the same threads and prints ratios taken within the run:
 
 1. train-step throughput (examples/s, non-padding tokens/s): HF PEFT prompt tuning with fixed-length padding to the
-   task's max length in fp32, against ptray's own step (TrainLoop / seed packing), lever by lever;
+   task's max length in fp32, against ptray's own step (ptray.core.loop, one seed or a pack), lever by lever;
 2. utilisation: useful FLOPs/s (4 x non-embedding parameters per non-padding token for a train step: forward plus the
    input-gradient backward; frozen weights need no weight gradients; 2 x for evaluation) over the peak of a large bf16
    matrix product measured in this run;
@@ -108,81 +108,73 @@ def row_tokens(items, prompt_len: int) -> int:
     return sum(len(r) + prompt_len for it in items for r in it.rows)
 
 
-def positions(items, prompt_len: int, width: int | None = None, chunk_rows: int | None = None) -> int:
-    """Positions a batch of these items computes: rows x (padded width + prompt); with chunk_rows, the rows sorted by
-    length in passes of that many, each padded to its own longest (packing.read_in_chunks)."""
-    lengths = sorted((len(r) for it in items for r in it.rows), reverse=True)
-    if width is not None:
-        return len(lengths) * (width + prompt_len)
-    step = chunk_rows or len(lengths)
-    return sum(len(c) * (c[0] + prompt_len) for c in (lengths[s : s + step] for s in range(0, len(lengths), step)))
+def positions(items, prompt_len: int, width: int | None = None) -> int:
+    """Positions a batch of these items computes: rows x (padded width + prompt)."""
+    lengths = [len(r) for it in items for r in it.rows]
+    return len(lengths) * ((width or max(lengths)) + prompt_len)
 
 
-def eval_positions(items, batch_size: int, prompt_len: int, copies: int = 1, chunk_rows: int | None = None) -> int:
-    """Positions ptray's evaluation computes: longest first in batches of batch_size (see train.predict); a pack
-    scores `copies` of every batch, one per seed."""
+def eval_positions(items, batch_size: int, prompt_len: int, copies: int = 1) -> int:
+    """Positions ptray's evaluation computes: longest first in batches of batch_size (see loop.predict); a pack on a
+    CPU scores every batch once per seed (`copies`)."""
     order = sorted(items, key=lambda it: -sum(len(r) for r in it.rows))
-    return sum(positions(order[s : s + batch_size] * copies, prompt_len, chunk_rows=chunk_rows)
-               for s in range(0, len(order), batch_size))
+    return copies * sum(positions(order[s : s + batch_size], prompt_len) for s in range(0, len(order), batch_size))
 
 
 def ptray_step(cfg, fixed: int | None = None, compile_backbone: bool = False):
-    """ptray's train step (TrainLoop.micro_step: forward, fp32 loss, DeepSpeed backward and optimizer step) on the
-    config's own training batches; `fixed` pads each batch to that width instead of its longest row;
+    """ptray's train step (Loop.micro_step_on: forward, fp32 loss, DeepSpeed backward and optimizer step) of one seed on
+    the config's own training batches; `fixed` pads each batch to that width instead of its longest row;
     compile_backbone runs the backbone under torch.compile (dynamic shapes)."""
     from ptray.core.data import collate
-    from ptray.core.train import TrainLoop, build_engine, load_model, prepare, seed_everything
+    from ptray.core.train import build_loop, prepare
 
-    p = prepare(cfg)
-    seed_everything(cfg.train.seed)
-    model, encoder, data = load_model(cfg, p)
+    loop = build_loop([cfg], prepare(cfg))
+    seed = loop.seeds[0]
     if compile_backbone:
-        model.backbone = torch.compile(model.backbone, dynamic=True)
-    engine = build_engine(model, cfg, 10**6, p.device)
-    loop = TrainLoop(cfg, engine, model, p, data, encoder, 10**6, 0, 1, None, None, False)
-    order, items, prompt_len = loop.batch_order(), data["train"], cfg.method.num_tokens
+        seed.model.backbone = torch.compile(seed.model.backbone, dynamic=True)
+    order, items, prompt_len = seed.batch_order(loop.data["train"]), loop.data["train"], cfg.method.num_tokens
 
     def step() -> tuple[int, int, int]:
         chosen = [items[i] for i in next(order)]
         batch = collate(chosen, loop.pad_id)
-        engine.train()
-        loop.micro_step(pad_to(batch, fixed, loop.pad_id) if fixed else batch, 1)
+        loop.engine.train()
+        loop.micro_step_on([loop.to_device(pad_to(batch, fixed, loop.pad_id) if fixed else batch)], 1, {0: []})
         return len(chosen), row_tokens(chosen, prompt_len), positions(chosen, prompt_len, fixed)
 
-    report = data["report"]
+    report = loop.data["report"]
 
     def evaluate() -> tuple[int, int, int]:
-        loop.evaluate("report")
+        loop.evaluate("report", [0])
         return len(report), row_tokens(report, prompt_len), eval_positions(report, cfg.train.eval_batch_size,
                                                                             prompt_len)
 
-    return step, evaluate, model.backbone
+    return step, evaluate, seed.model.backbone
 
 
 def packed_step(cfg, k: int):
-    """One packed step of k seeds (ptray.core.packing): every seed's own next batch through the shared backbone."""
-    from ptray.core.packing import build_pack
-    from ptray.core.train import prepare
+    """One step of k seeds trained together (ptray.core.loop): every seed's own next batch, each in its own backbone
+    pass (a CPU's)."""
+    from ptray.core.train import build_loop, prepare
 
     cfgs = [cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": s})}) for s in range(k)]
-    pack = build_pack(cfgs, prepare(cfg))
-    orders = [loop.batch_order() for loop in pack.loops]
-    items, prompt_len = pack.data["train"], cfg.method.num_tokens
+    loop = build_loop(cfgs, prepare(cfg))
+    items, prompt_len = loop.data["train"], cfg.method.num_tokens
+    orders = [s.batch_order(items) for s in loop.seeds]
 
     def step() -> tuple[int, int, int]:
         idx = [next(o) for o in orders]
-        pack.engine.train()
-        pack.micro_step(idx, 1, {i: [] for i in range(k)})
-        chosen = [items[j] for ix in idx for j in ix]
-        return (len(chosen), row_tokens(chosen, prompt_len),
-                positions(chosen, prompt_len, chunk_rows=pack.chunk_rows["train"]))
+        loop.engine.train()
+        loop.micro_step(idx, 1, {i: [] for i in range(k)})
+        chosen = [[items[j] for j in ix] for ix in idx]
+        return (sum(map(len, chosen)), sum(row_tokens(c, prompt_len) for c in chosen),
+                sum(positions(c, prompt_len) for c in chosen))
 
-    report = pack.data["report"]
+    report = loop.data["report"]
 
     def evaluate() -> tuple[int, int, int]:
-        pack.evaluate("report", list(range(k)))
+        loop.evaluate("report", list(range(k)))
         return (k * len(report), k * row_tokens(report, prompt_len),
-                eval_positions(report, cfg.train.eval_batch_size, prompt_len, k, pack.chunk_rows["eval"]))
+                eval_positions(report, cfg.train.eval_batch_size, prompt_len, k))
 
     return step, evaluate
 
@@ -345,13 +337,13 @@ def eval_throughput(model_name: str, rounds: int, peak: float) -> list[dict]:
 # --- accuracy: bf16 against fp32 --------------------------------------------------------------------------------------
 def accuracy_check() -> dict:
     """5 seeds of rte.yaml (vanilla, MiniLM) in fp32 and in bf16, each as one seed pack."""
-    from ptray.core.packing import train_packed
+    from ptray.core.train import train_seeds
 
     out = {}
     for dtype in ("fp32", "bf16"):
         cfgs = [rte(f"model.dtype={dtype}", f"train.seed={s}") for s in SEEDS]
         t0 = time.perf_counter()
-        results = train_packed(cfgs, [None] * len(cfgs), progress=False)
+        results = train_seeds(cfgs, [None] * len(cfgs), progress=False)
         acc = [r["report_metrics"]["accuracy"] if r["status"] == "ok" else float("nan") for r in results]
         out[dtype] = {"accuracy": acc, "mean": float(np.mean(acc)), "std": float(np.std(acc, ddof=1)),
                       "seconds": time.perf_counter() - t0}
@@ -421,13 +413,13 @@ def naive_sweep(workdir: Path, epochs: float) -> dict:
 PACKED_SWEEP = """
 import json, sys
 from ptray.config import load_config
-from ptray.core.packing import train_packed
+from ptray.core.train import train_seeds
 rte, epochs, seeds = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 results = []
 for method in ("vanilla", "residual"):
     cfgs = [load_config(rte, ["model.dtype=bf16", f"train.epochs={epochs}", f"method.name={method}",
                               f"train.seed={s}"]) for s in seeds]
-    results += train_packed(cfgs, [None] * len(cfgs), progress=False)
+    results += train_seeds(cfgs, [None] * len(cfgs), progress=False)
 print(json.dumps(results))
 """
 
@@ -495,8 +487,8 @@ def targets(record: dict) -> str:
                   sweeps["ptray"]["overhead"] <= 0.15)]
     if sweeps.get("packed"):
         ratio = sweeps["naive"]["wall_s"] / sweeps["packed"]["wall_s"]
-        rows += [("sweep >= 3x faster than the naive sweep (core alone: train_packed)", f"{ratio:.2f}x", ratio >= 3),
-                 ("overhead <= 15% (core alone: train_packed)", f"{100 * sweeps['packed']['overhead']:.0f}%",
+        rows += [("sweep >= 3x faster than the naive sweep (core alone: train_seeds)", f"{ratio:.2f}x", ratio >= 3),
+                 ("overhead <= 15% (core alone: train_seeds)", f"{100 * sweeps['packed']['overhead']:.0f}%",
                   sweeps["packed"]["overhead"] <= 0.15)]
     acc = record.get("accuracy")
     if acc:
@@ -561,7 +553,7 @@ def write_results(record: dict, path: Path, notes: str) -> None:
         if ours:
             rows.append(("ptray tune (bf16, length-grouped; a trial per method, each a seed pack of 5)", ours))
         if packed:
-            rows.append(("ptray core alone: train_packed, 2 packs of 5 seeds in one fresh process (no Ray, no MLflow)",
+            rows.append(("ptray core alone: train_seeds, 2 packs of 5 seeds in one fresh process (no Ray, no MLflow)",
                          packed))
         for name, r in rows:
             parts.append(f"| {name} | {r['wall_s']:.0f} | {naive['wall_s'] / r['wall_s']:.2f} | {r['trials']} | "
@@ -647,8 +639,10 @@ NOTES = """
 - **Eager attention for bf16 on CPU: pays; SDPA does not.** SDPA in bf16 is about 40% slower here, so ptray picks
   eager for bf16 backbones on CPU (SDPA stays the choice for fp32 and GPUs).
 - **Seed packing: little per step on this CPU, more in evaluation, most in the sweep.** K=5 gave 1.02x per seed in
-  training in this run (1.18x in the previous run on the same machine: within the noise of a shared 2-core VM) and
-  about 1.6x in evaluation (rows of 5 seeds sort into tighter chunks). A 2-core CPU is compute-bound per token, so
+  training in the run of 2026-11-22 (1.18x in the run before: within the noise of a shared 2-core VM) and about 1.6x
+  in evaluation, when a pack sorted the rows of all its seeds into shared chunks. Since 2026-11-30 each seed's rows
+  get their own pass on a CPU, so a packed seed computes exactly what it would alone, and that evaluation gain is
+  given up for it. A 2-core CPU is compute-bound per token, so
   sharing weight reads and per-step overhead saves little; a GPU is where it should pay most (not measured: no GPU).
   Its real win here is the sweep: one trial per config instead of one per seed, so start-up is paid once per pack.
 - **torch.compile: does not pay.** 0.98x per step (1.06x in the previous run) for a 14 s first step per process; a

@@ -155,9 +155,10 @@ class TrainConfig(Strict):
                                                     "train.seed.")
     order_seed: int | None = Field(None, description="Seed of the data order and the noise of training (dropout, "
                                                      "Gumbel draws, PTP perturbations). Unset: train.seed.")
-    seed_pack: int = Field(1, ge=1, description="Train this many seeds of a config together through one pass of "
-                                                "the shared frozen backbone (ptray tune groups seeds by it); each "
-                                                "keeps its own prompt, optimizer state, data order and result.")
+    seed_pack: int = Field(1, ge=1, description="Train this many seeds of a config together in one process, over "
+                                                "one loaded frozen backbone (ptray tune groups seeds by it); each "
+                                                "keeps its own prompt, optimizer state, data order, random stream "
+                                                "and result, and gets the numbers it would alone.")
 
     @model_validator(mode="after")
     def _length(self) -> "TrainConfig":
@@ -433,20 +434,15 @@ class ExperimentConfig(Strict):
         reason = self.method.unpackable()
         if reason:
             return reason
-        if self.perturbation is not None:
-            return (f"perturbation {self.perturbation.space}/{self.perturbation.kind} cannot be packed yet (its extra "
-                    f"passes run per seed); set train.seed_pack=1")
-        if self.model.dropout:
-            return ("model.dropout is true, but packed seeds share one backbone pass and so cannot keep separate "
-                    "dropout streams; set model.dropout=false or train.seed_pack=1")
         if self.task.k_shot is not None and self.task.sample_seed is None:
             return (f"task.k_shot {self.task.k_shot} with task.sample_seed unset draws each seed its own sample, but a "
                     f"pack trains its seeds on one; set task.sample_seed (the sample held fixed across seeds) or "
                     f"train.seed_pack=1")
-        if self.train.zero_stage != 0:
-            return (f"train.zero_stage {self.train.zero_stage} shards gradients (and ZeRO-3 the shared weights), but "
-                    f"packed seeds clip their gradients one seed at a time; use train.zero_stage=0 or "
-                    f"train.seed_pack=1")
+        if self.train.zero_stage != 0 and self.train.max_grad_norm is not None:
+            return (f"train.zero_stage {self.train.zero_stage} with train.max_grad_norm {self.train.max_grad_norm}: "
+                    f"under ZeRO the gradients live in DeepSpeed's optimizer, which clips everything it holds by one "
+                    f"norm, so a pack's seeds would be clipped together, not each by its own; set "
+                    f"train.max_grad_norm=null, train.zero_stage=0 or train.seed_pack=1")
         return None
 
     def source_seeds(self) -> dict[str, int | None]:

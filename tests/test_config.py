@@ -264,8 +264,7 @@ def test_a_new_method_registers_with_one_decorator(data_dir, tmp_path, method_re
         zeros({"num_tokens": 8})
     with pytest.raises(ConfigError, match="allowed: deep, dynamic, residual, vanilla, zeros"):
         cfg_of(data_dir, method={"name": "lora"})
-    # Undeclared capabilities take the safe side: no packing, with the reason.
-    with pytest.raises(ConfigError, match="method 'zeros' cannot be packed: it does not declare"):
-        zeros({}, seed_pack=2)
+    # A new method packs with no code of its own: its seeds keep their own parameters, rows and random stream.
+    assert zeros({}, seed_pack=2).unpackable() is None
     result = train(zeros({}, max_steps=2, eval_every=2), tmp_path)
     assert result["status"] == "ok" and result["method"] == "zeros" and result["trainable_params"] > 3 * 384

@@ -1,21 +1,24 @@
-"""Seed packing on real weights (MiniLM) and real data (FewGLUE RTE): K seeds through one backbone pass give the
-numbers of K separate runs, each seed keeps its own result, a failing seed fails alone, and bad packs are refused
-before any weights load."""
+"""Seeds trained together (every run is a pack; one seed is a pack of one) on real weights (MiniLM, tiny GPT-2 and T5)
+and real data: on a CPU K packed seeds give exactly the numbers of K separate runs, for every shipped experiment,
+method, PTP regularizer, dropout and ZeRO stage; on a GPU's joint backbone pass each seed still gets its own gradient;
+a failing seed fails alone; a pack resumes as an unbroken one; bad packs are refused before any weights load."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_config
-from ptray.config import ConfigError, config_from_dict
+from conftest import REPO, tiny_config
+from ptray.config import ConfigError, config_from_dict, load_config
 from ptray.core import backbone as bb
 from ptray.core.data import Encoder, collate
-from ptray.core.model import option_loss
 from ptray.core.engine import close_engine
-from ptray.core.packing import PackedModel, build_pack, check_pack, train_packed
-from ptray.core.train import build_model, prepare, train
+from ptray.core.loop import Loop, RandomStream, SeedRun
+from ptray.core.model import option_loss
+from ptray.core.packing import PackedModel, check_pack
+from ptray.core.train import build_loop, build_model, prepare, train, train_seeds
 from ptray.layout import ADAPTER_FILE, RESULT_FILE
 
 SEEDS = [0, 1, 2]
@@ -25,61 +28,75 @@ TRAIN = {"max_steps": 6, "eval_every": 3, "grad_accum": 2, "batch_size": 4, "max
 
 def cfg_for(data_dir, seed, **sections):
     d = tiny_config(data_dir, **sections)
-    d["train"] = {**d["train"], **TRAIN, "seed": seed}
+    d["train"] = {**d["train"], **TRAIN, "seed": seed, **sections.get("train", {})}
     return config_from_dict(d)
-
-
-@pytest.fixture(scope="module")
-def separate(data_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("separate")
-    return [train(cfg_for(data_dir, s), output_dir=out / f"seed{s}", progress=False) for s in SEEDS], out
-
-
-@pytest.fixture(scope="module")
-def packed(data_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("packed")
-    cfgs = [cfg_for(data_dir, s) for s in SEEDS]
-    return train_packed(cfgs, [out / f"seed{s}" for s in SEEDS], progress=False), out
 
 
 def losses(result):
     return [h["loss"] for h in result["history"]]
 
 
+def assert_same_run(alone: dict, packed: dict, alone_dir: Path | None = None, packed_dir: Path | None = None):
+    """Bit for bit: the same losses at every step, the same metrics, the same best step and adapter."""
+    assert alone["status"] == packed["status"] == "ok", (alone.get("reason"), packed.get("reason"))
+    assert losses(packed) == losses(alone)
+    assert packed["selection_metrics"] == alone["selection_metrics"]
+    assert packed["report_metrics"] == alone["report_metrics"]
+    assert packed["best_step"] == alone["best_step"] and packed["steps"] == alone["steps"]
+    assert packed["trainable_params"] == alone["trainable_params"]
+    if alone_dir is not None:
+        ta, tb = load_file(alone_dir / ADAPTER_FILE), load_file(packed_dir / ADAPTER_FILE)
+        assert set(ta) == set(tb) and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+# --- K packed seeds = K separate runs, bit for bit (on a CPU) ---------------------------------------------------------
+# Every CPU experiment the project ships, cut to 3 steps (where the old packing first drifted from a separate run:
+# its length-sorted passes mixed seeds, so a seed's rows were padded to other seeds' lengths), and the settings no
+# shipped experiment has: a method's dropout, the backbone's dropout, ZeRO stages 2 and 3.
+SHIPPED = ["quickstart.yaml", "quickstart.yaml method.name=residual", "rte_residual.yaml", "rte_deep.yaml",
+           "rte_dynamic.yaml", "rte_dynamic.yaml method.mode=length", "rte_dynamic.yaml method.mode=representation",
+           "rte_ptp_embedding_random.yaml", "rte_ptp_embedding_adversarial.yaml", "rte_ptp_text_random.yaml",
+           "rte_ptp_text_adversarial.yaml"]
+EXTRA = {"residual dropout": {"method": {"name": "residual", "num_tokens": 4, "dropout": 0.2}},
+         "model dropout": {"model": {"name": "minilm", "dropout": True}},
+         "zero2": {"train": {"zero_stage": 2, "max_grad_norm": None}},
+         "zero3": {"train": {"zero_stage": 3, "max_grad_norm": None}}}
+
+
+def shipped(data_dir, spec: str, seed: int):
+    name, *overrides = spec.split()
+    cfg = load_config(REPO / "experiments" / name, overrides)
+    folder = data_dir if cfg.task.name == "rte" else data_dir.parent / "sentence"
+    return load_config(REPO / "experiments" / name, [*overrides, f"task.data_dir={folder}", f"train.seed={seed}",
+                                                     "train.max_steps=3", "train.eval_every=3", "train.seed_pack=1",
+                                                     "task.max_eval_examples=24", "train.eval_batch_size=24"])
+
+
 @pytest.mark.slow
-def test_packed_seeds_match_separate_runs(separate, packed):
-    (alone, alone_dir), (together, together_dir) = separate, packed
-    assert [r["seed"] for r in together] == SEEDS
-    for a, b in zip(alone, together):
-        assert a["status"] == b["status"] == "ok", (a.get("reason"), b.get("reason"))
-        np.testing.assert_allclose(losses(b), losses(a), rtol=1e-4, atol=1e-5)
-        assert b["selection_metrics"] == a["selection_metrics"]
-        assert b["report_metrics"] == a["report_metrics"]
-        assert b["best_step"] == a["best_step"] and b["steps"] == a["steps"] == 6
-        assert b["trainable_params"] == a["trainable_params"]
-        # Each seed its own result.json and adapter, as a separate run writes them.
-        saved = json.loads((together_dir / f"seed{a['seed']}" / RESULT_FILE).read_text())
-        assert saved["seed"] == a["seed"] and saved["seed_pack"] == SEEDS and saved["status"] == "ok"
-        ta = load_file(alone_dir / f"seed{a['seed']}" / ADAPTER_FILE)
-        tb = load_file(together_dir / f"seed{a['seed']}" / ADAPTER_FILE)
-        assert set(ta) == set(tb)
-        for key in ta:
-            # Adam turns float noise in near-zero gradients into small steps: loose per element, and the
-            # losses and metrics above carry the check.
-            torch.testing.assert_close(tb[key], ta[key], rtol=1e-3, atol=1e-3)
+@pytest.mark.parametrize("case", SHIPPED + list(EXTRA))
+def test_packed_seeds_equal_separate_runs(data_dir, tmp_path, case):
+    make = (lambda s: shipped(data_dir, case, s)) if case in SHIPPED else (lambda s: cfg_for(data_dir, s, **EXTRA[case]))
+    cfgs = [make(s) for s in SEEDS[:2]]
+    alone = [train(c, tmp_path / "alone" / str(c.train.seed), progress=False) for c in cfgs]
+    packed = train_seeds(cfgs, [tmp_path / "packed" / str(c.train.seed) for c in cfgs], progress=False)
+    for a, b in zip(alone, packed):
+        assert_same_run(a, b, tmp_path / "alone" / str(a["seed"]), tmp_path / "packed" / str(b["seed"]))
+        assert b["seed_pack"] == SEEDS[:2] and "seed_pack" not in a
     # The seeds really differ from each other: packing did not collapse them into one.
-    assert len({tuple(losses(r)) for r in together}) == len(SEEDS)
+    assert losses(packed[0]) != losses(packed[1])
 
 
-@pytest.mark.parametrize("chunk_rows", [None, 3])
-@pytest.mark.parametrize("method, model, task", [("vanilla", "minilm", "rte"), ("residual", "minilm", "rte"),
-                                                 ("vanilla", "gpt2", "rte"), ("vanilla", "gpt2", "copa")])
-def test_packed_gradient_is_each_seeds_own(data_dir, tiny_models, method, model, task, chunk_rows):
-    # The packed loss is the sum of the seeds' losses: each seed's parameters get exactly the gradient of its own run
-    # (not 1/K of it, none from the other seeds' rows), through an encoder's own head or an LM's shared scorer; in
-    # one backbone pass or in length-sorted chunks of rows (as on a CPU).
+# --- the joint pass (a GPU's): each seed's gradient is its own -------------------------------------------------------
+@pytest.mark.parametrize("method, model, task", [
+    ("vanilla", "minilm", "rte"), ("residual", "minilm", "rte"), ("deep", "minilm", "rte"), ("dynamic", "minilm", "rte"),
+    ("vanilla", "gpt2", "rte"), ("deep", "gpt2", "rte"), ("vanilla", "gpt2", "copa"), ("vanilla", "t5", "rte"),
+    ("deep", "t5", "rte")])
+def test_joint_pass_gradient_is_each_seeds_own(data_dir, tiny_models, method, model, task):
+    # A GPU reads all seeds' rows in one backbone pass, padded to a common width. The loss is the sum of the seeds'
+    # losses: each seed's parameters get the gradient of its own run (not 1/K of it, none from the other seeds' rows),
+    # through an encoder's own head or an LM's shared scorer; Gumbel draws come from each seed's own stream.
     name = "minilm" if model == "minilm" else str(tiny_models[model])
-    cfgs = [cfg_for(data_dir, s, model={"name": name}, method={"name": method}, task={"name": task})
+    cfgs = [cfg_for(data_dir, s, model={"name": name}, method={"name": method, "num_tokens": 4}, task={"name": task})
             for s in SEEDS[:2]]
     p = prepare(cfgs[0])
     backbone = bb.load_backbone(cfgs[0].model)
@@ -87,52 +104,60 @@ def test_packed_gradient_is_each_seeds_own(data_dir, tiny_models, method, model,
     encoder = Encoder(p.task, backbone.tokenizer, backbone.family, 128)
     for m in models:
         m.label_token_ids = torch.tensor(encoder.label_token_ids)
+        m.train()
     items = [encoder.encode(e) for e in p.train[:7]]
-    own = [items[:4], items[4:]]  # different examples and lengths per seed
     pad = backbone.tokenizer.pad_token_id
+    own = [collate(items[:4], pad), collate(items[4:], pad)]  # different examples and lengths per seed
+    assert own[0]["input_ids"].shape[1] != own[1]["input_ids"].shape[1]
 
-    joint = collate(own[0] + own[1], pad)
-    scores = PackedModel(models)(joint, [4, 3], chunk_rows)
-    sum(option_loss(s, y) for s, y in zip(scores, joint["labels"].split([4, 3]))).backward()
+    streams = [RandomStream(s, torch.device("cpu")) for s in SEEDS[:2]]
+    scores = PackedModel(models, streams, joint=True, pad_id=pad)(own)
+    sum(option_loss(s, b["labels"]) for s, b in zip(scores, own)).backward()
     packed = [{k: v.grad.clone() for k, v in m.named_parameters() if v.requires_grad} for m in models]
 
-    for m, mine, grads in zip(models, own, packed):
+    for seed, m, batch, joint_scores, grads in zip(SEEDS, models, own, scores, packed):
         m.zero_grad()
-        batch = collate(mine, pad)
-        option_loss(m(batch), batch["labels"]).backward()
+        with RandomStream(seed, torch.device("cpu")).active():
+            alone = m(batch)
+        option_loss(alone, batch["labels"]).backward()
+        # fp32 sums in another order (another batch shape): tolerance relative to the tensor's scale; a leaked or
+        # 1/K gradient is off by far more.
+        torch.testing.assert_close(joint_scores, alone, rtol=1e-4, atol=1e-4)
         for k, v in m.named_parameters():
-            if v.requires_grad:
-                # fp32 sums in another order (another batch shape, another CPU's kernels): tolerance relative to the
-                # tensor's scale; a leaked or 1/K gradient is off by far more.
+            if v.requires_grad and v.grad is not None:
                 scale = v.grad.abs().max().item()
-                torch.testing.assert_close(grads[k], v.grad, rtol=1e-4, atol=1e-5 * scale, msg=k)
-        assert m.method.prompt.grad.abs().sum() > 0
+                torch.testing.assert_close(grads[k], v.grad, rtol=1e-4, atol=1e-5 * scale + 1e-12, msg=k)
+        assert sum(v.grad.abs().sum() for v in m.parameters() if v.requires_grad and v.grad is not None) > 0
+
+
+# --- failures, resume, refusals ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def separate(data_dir):
+    return [train(cfg_for(data_dir, s), progress=False) for s in SEEDS]
 
 
 @pytest.mark.slow
 def test_a_diverging_seed_fails_alone(data_dir, separate):
-    # Seed 1's prompt breaks (NaN): it fails at its first step; its rows shared the backbone pass with the others,
-    # whose numbers stay those of their separate runs.
-    alone, _ = separate
+    # Seed 1's prompt breaks (NaN): it fails at its first step; the others go on with the numbers of their
+    # separate runs.
     cfgs = [cfg_for(data_dir, s) for s in SEEDS]
-    pack = build_pack(cfgs, prepare(cfgs[0]))
+    loop = build_loop(cfgs, prepare(cfgs[0]))
     with torch.no_grad():
-        pack.loops[1].model.method.prompt.fill_(float("nan"))
+        loop.seeds[1].model.method.prompt.fill_(float("nan"))
     try:
-        pack.run()
+        loop.run()
     finally:
-        close_engine(pack.engine)
-    assert pack.failed == {1: "loss diverged (nan) at step 1"}
+        close_engine(loop.engine)
+    assert loop.failed == {1: "loss diverged (nan) at step 1"}
     for i in (0, 2):
-        np.testing.assert_allclose([h["loss"] for h in pack.loops[i].history], losses(alone[i]), rtol=1e-4, atol=1e-5)
-        assert pack.loops[i].report_metrics == alone[i]["report_metrics"]
+        assert [h["loss"] for h in loop.seeds[i].history] == losses(separate[i])
+        assert loop.seeds[i].report_metrics == separate[i]["report_metrics"]
 
 
 @pytest.mark.slow
-def test_a_resumed_pack_reports_as_an_unbroken_one(data_dir, packed, tmp_path):
+def test_a_resumed_pack_reports_as_an_unbroken_one(data_dir, separate, tmp_path):
     # Every seed's reporter hears step 3 and stops the pack there, seed 0's saving the pack's checkpoint first; a new
-    # pack resumed from it finishes as the unbroken pack did, every seed's history and best state included.
-    unbroken, _ = packed
+    # pack resumed from it finishes as the unbroken runs did, every seed's history and best state included.
     heard = []
 
     def reporter(i):
@@ -145,39 +170,61 @@ def test_a_resumed_pack_reports_as_an_unbroken_one(data_dir, packed, tmp_path):
         return report
 
     cfgs = [cfg_for(data_dir, s) for s in SEEDS]
-    stopped = train_packed(cfgs, [None] * 3, reporters=[reporter(i) for i in range(3)], progress=False)
+    stopped = train_seeds(cfgs, [None] * 3, reporters=[reporter(i) for i in range(3)], progress=False)
     assert [(i, step) for i, step, _ in heard] == [(0, 3), (1, 3), (2, 3)]
-    assert [acc for _, _, acc in heard] == [r["history"][2]["selection"]["accuracy"] for r in unbroken]
+    assert [acc for _, _, acc in heard] == [r["history"][2]["selection"]["accuracy"] for r in separate]
     assert all(r["steps"] == 3 for r in stopped)
-    resumed = train_packed(cfgs, [None] * 3, resume_dir=tmp_path / "checkpoint", progress=False)
-    for a, b in zip(unbroken, resumed):
-        assert b["status"] == "ok", b.get("reason")
-        np.testing.assert_allclose(losses(b), losses(a), rtol=1e-4, atol=1e-5)
-        assert b["selection_metrics"] == a["selection_metrics"] and b["report_metrics"] == a["report_metrics"]
-        assert b["best_step"] == a["best_step"] and b["steps"] == 6
+    resumed = train_seeds(cfgs, [None] * 3, resume_dir=tmp_path / "checkpoint", progress=False)
+    for a, b in zip(separate, resumed):
+        assert_same_run(a, b)
+
+
+def test_one_seed_checkpoints_from_before_packs_still_load(data_dir):
+    # Before every run was a pack, a one-seed checkpoint named its parameters without `seeds.0.` and kept its
+    # bookkeeping flat: both still restore, into the pack of one.
+    cfg = cfg_for(data_dir, 0)
+    p = prepare(cfg)
+    backbone = bb.load_backbone(cfg.model)
+    model = build_model(cfg, backbone, p.task)
+    packed = PackedModel([model], [RandomStream(0, p.device)], joint=False, pad_id=0)
+    old = {k: torch.full_like(v, 0.5) for k, v in model.named_parameters() if v.requires_grad}
+    missing, unexpected = packed.load_state_dict(old, strict=False)
+    assert not unexpected and all(torch.equal(v, old[k]) for k, v in model.named_parameters() if v.requires_grad)
+
+    seed = SeedRun(cfg, model, backbone.tokenizer, p.device, 0, 1, None, None)
+    loop = Loop([seed], None, p, {}, 0, 6, False)
+    history = [{"step": 1, "loss": 0.7, "lr": 0.1}, {"step": 2, "loss": 0.6, "lr": 0.1}]
+    loop.restore({"history": history, "best": {"score": 0.5, "step": 2}, "patience": 1, "examples_seen": 8,
+                  "train_seconds": 3.0, "eval_seconds": 1.0})
+    assert seed.history == history and seed.steps_done == 2 and seed.patience == 1 and seed.examples_seen == 8
+    assert loop.training == [True] and loop.failed == {} and loop.train_seconds == 3.0
 
 
 def test_failed_seeds_are_recorded_not_dropped(data_dir, tmp_path):
     cfgs = [cfg_for(data_dir, s, train={"max_loss": 0.01}) for s in SEEDS[:2]]
-    results = train_packed(cfgs, [tmp_path / "a", tmp_path / "b"], progress=False)
+    results = train_seeds(cfgs, [tmp_path / "a", tmp_path / "b"], progress=False)
     for r, folder in zip(results, ("a", "b")):
         assert r["status"] == "failed" and r["reason"].startswith("loss diverged") and "at step 1" in r["reason"]
         saved = json.loads((tmp_path / folder / RESULT_FILE).read_text())
         assert saved["status"] == "failed" and saved["seed"] == r["seed"] and saved["seed_pack"] == SEEDS[:2]
 
 
-def test_bad_packs_are_refused_before_loading(data_dir):
+def test_bad_packs_are_refused_before_loading(data_dir, monkeypatch):
     base = tiny_config(data_dir)
-    with pytest.raises(ConfigError, match="method 'deep' cannot be packed"):
-        config_from_dict({**base, "method": {"name": "deep", "num_tokens": 4}, "train": {"seed_pack": 4}})
-    with pytest.raises(ConfigError, match="model.dropout"):
-        config_from_dict({**base, "model": {"name": "minilm", "dropout": True}, "train": {"seed_pack": 2}})
-    with pytest.raises(ConfigError, match="train.zero_stage 3"):
-        config_from_dict({**base, "train": {"seed_pack": 2, "zero_stage": 3}})
+    with pytest.raises(ConfigError, match="clipped together"):
+        config_from_dict({**base, "train": {"seed_pack": 2, "zero_stage": 2, "max_grad_norm": 1.0}})
+    assert config_from_dict({**base, "train": {"seed_pack": 2, "zero_stage": 3, "max_grad_norm": None}})
     a, b = cfg_for(data_dir, 0), cfg_for(data_dir, 1, train={"lr": 0.1})
     with pytest.raises(ConfigError, match="differs from seed 0 in train.lr"):
         check_pack([a, b])
     with pytest.raises(ConfigError, match=r"distinct.*\[0, 0\]"):
         check_pack([a, a])
     with pytest.raises(ConfigError, match="one of each per seed"):
-        train_packed([a, cfg_for(data_dir, 1)], [None])
+        train_seeds([a, cfg_for(data_dir, 1)], [None])
+    # On a GPU the seeds share one backbone pass, so the backbone's dropout can't be each seed's own (no GPU here:
+    # the device is what a GPU machine would resolve).
+    dropout = config_from_dict({**base, "model": {"name": "minilm", "dropout": True}, "train": {"seed_pack": 2}})
+    prepare(dropout)  # fine on a CPU: every seed has its own pass
+    monkeypatch.setattr(bb, "resolve_device", lambda name: torch.device("cuda"))
+    with pytest.raises(ConfigError, match="one dropout stream"):
+        prepare(dropout)

@@ -16,7 +16,8 @@ from ptray.core.model import option_loss
 from ptray.core.perturbations import PERTURBATIONS, build_perturbation
 from ptray.core.perturbations.embedding.config import EmbeddingRandomConfig
 from ptray.core.perturbations.embedding.model import Noise, prompt_slots
-from ptray.core.train import build_model, loss_fn, prepare, train
+from ptray.core.loop import loss_fn
+from ptray.core.train import build_model, prepare, train
 
 VARIANTS = {
     "embedding/random": {},

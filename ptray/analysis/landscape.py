@@ -56,7 +56,8 @@ def landscape(result_dir: str | Path, directions: str = "gradient", points: int 
 
     from ptray.config import config_from_dict
     from ptray.core.data import batches
-    from ptray.core.train import load_model, loss_fn, prepare, seed_everything
+    from ptray.core.loop import loss_fn
+    from ptray.core.train import load_model, prepare, seed_everything
 
     result_dir = Path(result_dir)
     result = check_args(result_dir, directions, points, span, radius, split)

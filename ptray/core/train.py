@@ -1,13 +1,14 @@
-"""The training recipe: one (config, seed) from data to result, readable top to bottom.
+"""The training recipe: seeds of one config from data to result, readable top to bottom.
 
-    prepare(cfg)  -> validate everything cheap (task files, labels, positions, dtype) before weights load
-    train(cfg)    -> load backbone, build the prompt method, wrap in DeepSpeed, train, select, report
+    prepare(cfg)        -> validate everything cheap (task files, labels, positions, dtype) before weights load
+    train_seeds(cfgs)   -> load the backbone once, build each seed's prompt method, wrap them all in one DeepSpeed
+                           engine, train them together (ptray.core.loop), select, report: one result per seed
+    train(cfg)          -> one seed: train_seeds([cfg])
 
 No Ray and no MLflow here: the distributed layer calls `train` (with a `reporter` to hear about evaluations).
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -15,33 +16,21 @@ import traceback
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
 
-import numpy as np
 import torch
 
 from ptray.config import ConfigError, ExperimentConfig
 from ptray.config_view import as_text
 from ptray.core import backbone as bb
-from ptray.core.data import Encoded, Encoder, collate, sample_per_class, train_order
+from ptray.core.data import Encoded, Encoder, sample_per_class
+from ptray.core.loop import Diverged, Loop, Reporter, SeedRun
 from ptray.core.methods.base import BackboneInfo
-from ptray.core.model import PromptModel, option_loss
-from ptray.core.perturbations import build_perturbation
+from ptray.core.model import PromptModel
+from ptray.core.packing import PackedModel, check_pack
 from ptray.core.tasks import Example, Task, build_task
-from ptray.core.zero import gathered
-from ptray.layout import ADAPTER_FILE, RESULT_FILE, write_json
+from ptray.layout import RESULT_FILE, write_json
 
 log = logging.getLogger(__name__)
-
-
-class Reporter(Protocol):
-    """Hears every evaluation. `save(dir)` writes a resumable checkpoint there; return True to stop the run."""
-
-    def __call__(self, step: int, metrics: dict, save: Callable[[Path], None]) -> bool | None: ...
-
-
-class Diverged(RuntimeError):
-    pass
 
 
 @dataclass
@@ -83,6 +72,10 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
             f"exceeds the {limit} positions of model {cfg.model.name!r}; lower task.max_seq_length to {limit - prompt_len} or less"
         )
     device = bb.resolve_device(cfg.model.device)
+    if cfg.train.seed_pack > 1 and cfg.model.dropout and device.type != "cpu":
+        raise ConfigError(f"train.seed_pack {cfg.train.seed_pack} with model.dropout on {device.type}: there a pack "
+                          f"reads all its seeds' rows in one backbone pass, which draws one dropout stream for all, so "
+                          f"the seeds' dropout would not be their own; set model.dropout=false or train.seed_pack=1")
     if cfg.model.dtype == "bf16":
         bb.check_bf16(device)
     return Prepared(cfg, task, train, selection, report, family, device, cautions)
@@ -129,44 +122,94 @@ def load_splits(cfg: ExperimentConfig, task: Task) -> tuple[list[Example], list[
 def train(cfg: ExperimentConfig, output_dir: str | Path | None = None, reporter: Reporter | None = None,
           resume_dir: str | Path | None = None, progress: bool = True, prepared: Prepared | None = None) -> dict:
     """Train one seed. Returns (and writes to output_dir/result.json) the result, `status` ok or failed."""
-    t0 = time.perf_counter()
-    p = prepared or prepare(cfg)
-    log.info("config of seed %s, resolved:\n%s", cfg.train.seed, as_text(cfg, resolved=resolved_at_load(cfg, p)))
-    out = Path(output_dir) if output_dir is not None else None
-    result = new_result(cfg, p)
-    engine = None
-    try:
-        seeds = cfg.source_seeds()
-        seed_everything(seeds["init"])  # the head's init (the prompt's comes from its own generator: build_model)
-        model, encoder, data = load_model(cfg, p)
-        seed_everything(seeds["order"])  # what training draws from the global stream: dropout, Gumbel noise
-        result["trainable_params"] = sum(x.numel() for x in model.parameters() if x.requires_grad)
-        t_load = time.perf_counter()
-        result["timings"] = {"load_s": t_load - t0}
+    return train_seeds([cfg], [output_dir], [reporter], resume_dir, progress, prepared)[0]
 
-        world, rank = _world()
-        total = total_steps(cfg, len(data["train"]), world)
-        engine = build_engine(model, cfg, total, p.device)
-        loop = TrainLoop(cfg, engine, model, p, data, encoder, total, rank, world, out, reporter, progress)
-        start_step = resume(engine, resume_dir, loop) if resume_dir is not None else 0
-        loop.run(start_step)
-        result.update(loop.summary())
-        result["timings"]["train_s"] = loop.train_seconds
-        result["timings"]["eval_s"] = loop.eval_seconds
-    except (Diverged, FloatingPointError) as e:
-        result.update(status="failed", reason=str(e))
+
+def train_seeds(cfgs: list[ExperimentConfig], output_dirs: list[str | Path | None],
+                reporters: list[Reporter | None] | None = None, resume_dir: str | Path | None = None,
+                progress: bool = True, prepared: Prepared | None = None) -> list[dict]:
+    """Train the seeds of one config together (`cfgs` equal but for train.seed; ConfigError otherwise, before any
+    weights load). Returns one result per seed, in order, each also written to its output dir's result.json (a pack of
+    several also records `seed_pack`: the seeds trained together). reporters[i] hears seed i's evaluations; its
+    `save(dir)` checkpoints the whole pack, which `resume_dir` restores. A seed that diverges fails alone; a crash
+    fails every seed still training, with the reason and traceback."""
+    check_pack(cfgs)
+    k = len(cfgs)
+    reporters = list(reporters) if reporters is not None else [None] * k
+    if len(output_dirs) != k or len(reporters) != k:
+        raise ConfigError(f"train_seeds got {k} configs, {len(output_dirs)} output dirs and {len(reporters)} "
+                          f"reporters: give one of each per seed")
+    t0 = time.perf_counter()
+    p = prepared or prepare(cfgs[0])
+    seeds = [c.train.seed for c in cfgs]
+    log.info("config of seed%s %s%s, resolved:\n%s", "s" if k > 1 else "", ", ".join(map(str, seeds)),
+             " (shown: the first's)" if k > 1 else "", as_text(cfgs[0], resolved=resolved_at_load(cfgs[0], p)))
+    outs = [Path(d) if d is not None else None for d in output_dirs]
+    results = [new_result(c, p) for c in cfgs]
+    loop, failed = None, {}
+    try:
+        loop = build_loop(cfgs, p, outs, reporters, progress)
+        t_load = time.perf_counter()
+        loop.run(resume(loop.engine, resume_dir, loop) if resume_dir is not None else 0)
+        failed = loop.failed
+        for i, (result, seed) in enumerate(zip(results, loop.seeds)):
+            result["trainable_params"] = sum(x.numel() for x in seed.trainable_params())
+            result["timings"] = {"load_s": t_load - t0, "train_s": loop.train_seconds, "eval_s": loop.eval_seconds}
+            if i not in failed:
+                result.update(seed.summary(loop.train_seconds))
     except ConfigError:
         raise
-    except Exception as e:  # a crashed seed is data: record it with its reason, never drop it
-        result.update(status="failed", reason=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+    except Exception as e:  # a crash is every unfinished seed's: record it, never drop it
+        failed = dict(loop.failed) if loop is not None else {}
+        for i in range(k):
+            if i not in failed:
+                failed[i] = f"{type(e).__name__}: {e}"
+                if not isinstance(e, FloatingPointError):
+                    results[i]["traceback"] = traceback.format_exc()
     finally:
-        if engine is not None:
+        if loop is not None:
             from ptray.core.engine import close_engine
 
-            close_engine(engine)
-    result.setdefault("timings", {})["total_s"] = time.perf_counter() - t0
-    write_result(out, result)
-    return result
+            close_engine(loop.engine)
+    total_s = time.perf_counter() - t0
+    for i, (result, out) in enumerate(zip(results, outs)):
+        if i in failed:
+            result.update(status="failed", reason=failed[i])
+        if k > 1:
+            result["seed_pack"] = seeds
+        result.setdefault("timings", {})["total_s"] = total_s
+        write_result(out, result)
+    return results
+
+
+def build_loop(cfgs: list[ExperimentConfig], p: Prepared, outs: list[Path | None] | None = None,
+               reporters: list[Reporter | None] | None = None, progress: bool = False) -> Loop:
+    """The seeds' models over one backbone, one DeepSpeed engine around them all, and each seed's SeedRun."""
+    outs = outs or [None] * len(cfgs)
+    reporters = reporters or [None] * len(cfgs)
+    tc = cfgs[0].train
+    # Seeds in one process share the frozen backbone; ZeRO-3 partitions the weights it is given, so a pack under
+    # ZeRO-3 gets its own copy (shared by its seeds).
+    backbone = bb.load_backbone(cfgs[0].model, reuse=tc.zero_stage < 3)
+    encoder = Encoder(p.task, backbone.tokenizer, backbone.family, cfgs[0].task.max_seq_length)
+    data = encoded_splits(cfgs[0], p, encoder)
+    world, rank = _world()
+    models, runs = [], []
+    for cfg, out, reporter in zip(cfgs, outs, reporters):
+        seed_everything(cfg.source_seeds()["init"])  # the head's init (the prompt's comes from its own generator)
+        model = place(build_model(cfg, backbone, p.task), encoder, p.device)
+        models.append(model)
+        runs.append(SeedRun(cfg, model, backbone.tokenizer, p.device, rank, world, out, reporter))
+    total = total_steps(cfgs[0], len(data["train"]), world)
+    # Stage 0: the loop clips each seed's gradient itself (DeepSpeed would clip all seeds as one vector). Under ZeRO
+    # only DeepSpeed can reach the gradients, and a clipped ZeRO run is one seed (ExperimentConfig.unpackable).
+    engine_cfg = cfgs[0].model_copy(update={"train": tc.model_copy(update={"max_grad_norm": None})}) \
+        if tc.zero_stage == 0 else cfgs[0]
+    # On a GPU the seeds share one backbone pass; on a CPU each seed has its own (see ptray.core.packing).
+    packed = PackedModel(models, [r.stream for r in runs], joint=p.device.type != "cpu",
+                         pad_id=encoder.tokenizer.pad_token_id)
+    engine = build_engine(packed, engine_cfg, total, p.device)
+    return Loop(runs, engine, p, data, encoder.tokenizer.pad_token_id, total, progress)
 
 
 def new_result(cfg: ExperimentConfig, p: Prepared) -> dict:
@@ -193,7 +236,7 @@ def total_steps(cfg: ExperimentConfig, n_train: int, world: int) -> int:
     return cfg.train.max_steps or math.ceil(cfg.train.epochs * math.ceil(n_train / per_step))
 
 
-def resume(engine, resume_dir: str | Path, loop: TrainLoop | None = None) -> int:
+def resume(engine, resume_dir: str | Path, loop: Loop | None = None) -> int:
     """Restore a checkpoint written by a reporter's `save`; returns the step it was taken at. With `loop`, its
     bookkeeping too (history, best selection state), so a resumed run reports as an unbroken one would."""
     # The learning-rate schedule comes from this config, not the checkpoint: a PBT exploit resumes another
@@ -216,11 +259,15 @@ def load_model(cfg: ExperimentConfig, p: Prepared) -> tuple[PromptModel, Encoder
     # Seeds in one process share the frozen backbone and the tokenised splits; ZeRO-3 partitions the weights it is
     # given, so it gets its own copy.
     backbone = bb.load_backbone(cfg.model, reuse=cfg.train.zero_stage < 3)
-    model = build_model(cfg, backbone, p.task)
-    model.to(p.device)
     encoder = Encoder(p.task, backbone.tokenizer, backbone.family, cfg.task.max_seq_length)
-    model.label_token_ids = torch.tensor(encoder.label_token_ids, dtype=torch.long, device=p.device)
-    return model, encoder, encoded_splits(cfg, p, encoder)
+    return place(build_model(cfg, backbone, p.task), encoder, p.device), encoder, encoded_splits(cfg, p, encoder)
+
+
+def place(model: PromptModel, encoder: Encoder, device: torch.device) -> PromptModel:
+    """The model on its device, scoring at the encoder's label words."""
+    model.to(device)
+    model.label_token_ids = torch.tensor(encoder.label_token_ids, dtype=torch.long, device=device)
+    return model
 
 
 # Tokenised splits by (task, model) config: every example is tokenised once per process (kept one at a time).
@@ -264,205 +311,3 @@ def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
     return 1, 0
-
-
-def check_loss(value: float, step: int, max_loss: float) -> None:
-    """A NaN, infinite or too large loss ends the seed as failed: diverged."""
-    if not math.isfinite(value) or value > max_loss:
-        raise Diverged(f"loss diverged ({value:.4g}) at step {step}")
-
-
-@torch.inference_mode()
-def predict(forward, items: list[Encoded], batch_size: int, rank: int = 0, world: int = 1) -> list[list[int]]:
-    """Predicted option of every item by one or more models: `forward(list of Encoded)` returns one [B, K] score
-    tensor per model (packed seeds score together). Longest first, so batches pad little; ranks share the work and
-    gather the predictions."""
-    order = sorted(range(len(items)), key=lambda i: -sum(len(r) for r in items[i].rows))
-    mine = order[rank::world]
-    per_rank = math.ceil(len(order) / world)
-    # Under ZeRO-3 every rank must run the same number of forwards: pad the short shard with a repeat.
-    mine = mine + mine[-1:] * (per_rank - len(mine)) if mine else order[:1] * per_rank
-    preds: list[dict[int, int]] = []
-    for start in range(0, len(mine), batch_size):
-        idx = mine[start : start + batch_size]
-        scores = forward([items[i] for i in idx])
-        preds = preds or [{} for _ in scores]
-        for pred, s in zip(preds, scores):
-            pred.update(zip(idx, s.argmax(-1).tolist()))
-    if world > 1:
-        import torch.distributed as dist
-
-        shards = [None] * world
-        dist.all_gather_object(shards, preds)
-        preds = [{k: v for shard in shards for k, v in shard[m].items()} for m in range(len(preds))]
-    return [[pred[i] for i in range(len(items))] for pred in preds]
-
-
-def loss_fn(model, batch, perturbation=None) -> torch.Tensor:
-    """Cross-entropy over each example's options; the seam where regularizers add their terms: a PTP perturbation adds
-    lambda * L(perturbed), its passes run on the bare model (the engine's `.module`; see ptray.core.perturbations)."""
-    loss = option_loss(model(batch), batch["labels"])
-    if perturbation is not None:
-        loss = loss + perturbation.weight * perturbation.perturbed_loss(getattr(model, "module", model), batch)
-    return loss
-
-
-class TrainLoop:
-    """The step loop, kept in one place: micro-batches -> DeepSpeed step -> periodic selection eval. Seed packing
-    (ptray.core.packing) keeps one per seed for its bookkeeping: batch_order, end_step, restore_best, finish."""
-
-    def __init__(self, cfg, engine, model, prepared, data, encoder, total, rank, world, out, reporter, progress):
-        self.cfg, self.engine, self.model, self.p, self.data = cfg, engine, model, prepared, data
-        self.total, self.rank, self.world, self.out = total, rank, world, out
-        self.reporter, self.progress = reporter, progress and rank == 0
-        self.pad_id = encoder.tokenizer.pad_token_id
-        self.perturbation = build_perturbation(cfg, encoder.tokenizer, rank)
-        self.history: list[dict] = []
-        self.best = {"score": -math.inf, "step": 0, "metrics": None, "state": None, "adapter": {}}
-        self.patience = 0
-        self.train_seconds = self.eval_seconds = 0.0
-        self.examples_seen = 0
-        self.steps_done = 0
-
-    def batch_order(self):
-        """This seed's endless training micro-batches, as indices into the train split (see data.train_order)."""
-        tc = self.cfg.train
-        return train_order(self.data["train"], tc.batch_size, self.cfg.source_seeds()["order"], self.rank, self.world,
-                           tc.group_by_length)
-
-    def run(self, start_step: int = 0) -> None:
-        from tqdm.auto import tqdm
-
-        tc = self.cfg.train
-        items = self.data["train"]
-        order = self.batch_order()
-        # Resuming skips the data already seen, so a resumed run sees what an unbroken one would.
-        for _ in range(start_step * tc.grad_accum):
-            next(order)
-        if self.perturbation is not None:  # ... and draws the perturbations it would
-            self.perturbation.calls = start_step * tc.grad_accum
-        bar = tqdm(total=self.total, initial=start_step, disable=not self.progress, desc=f"seed {tc.seed}",
-                   dynamic_ncols=True)
-        step = start_step
-        while step < self.total:
-            t_start = time.perf_counter()
-            self.engine.train()
-            losses = [self.micro_step(collate([items[i] for i in next(order)], self.pad_id), step + 1)
-                      for _ in range(tc.grad_accum)]
-            step += 1
-            self.model.method.on_step(step)
-            self.train_seconds += time.perf_counter() - t_start
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-            if self.end_step(step, losses, self.evaluate("selection") if self.eval_due(step) else None):
-                break
-        bar.close()
-        self.restore_best()
-        self.finish(self.evaluate("report"))
-
-    def micro_step(self, batch: dict, step: int) -> float:
-        batch = self._to_device(batch)
-        loss = loss_fn(self.engine, batch, self.perturbation)
-        value = loss.item()
-        check_loss(value, step, self.cfg.train.max_loss)
-        self.engine.backward(loss)
-        self.engine.step()
-        self.examples_seen += batch["labels"].shape[0] * self.world
-        return value
-
-    def eval_due(self, step: int) -> bool:
-        return step % self.cfg.train.eval_every == 0 or step == self.total
-
-    def end_step(self, step: int, losses: list[float], metrics: dict | None) -> bool:
-        """Record a finished step; with selection metrics, keep the best state and hear the reporter. True: stop."""
-        tc = self.cfg.train
-        self.steps_done = step
-        record = {"step": step, "loss": float(np.mean(losses)), "lr": self.engine.get_lr()[0]}
-        self.history.append(record)
-        if metrics is None:
-            return False
-        record["selection"] = metrics
-        score = metrics[self.p.task.primary_metric]
-        if score > self.best["score"]:
-            self.best = {"score": score, "step": step, "metrics": metrics, "state": self._trainable_state(),
-                         "adapter": self._trainable_state(export=True)}
-            self.patience = 0
-        else:
-            self.patience += 1
-        stop = False
-        if self.reporter is not None:
-            stop = bool(self.reporter(step, {**metrics, "loss": record["loss"]}, self._saver(step)))
-        return stop or bool(tc.early_stopping_patience and self.patience >= tc.early_stopping_patience)
-
-    def restore_best(self) -> None:
-        # Report on the best selection checkpoint, not the last step.
-        if self.best["state"] is not None:
-            self._load_trainable_state(self.best["state"])
-
-    def finish(self, report_metrics: dict) -> None:
-        self.report_metrics = report_metrics
-        if self.out is not None and self.rank == 0:
-            self._save_adapter()
-
-    def bookkeeping(self) -> dict:
-        """What a checkpoint carries besides the engine's state (see `resume`)."""
-        return {"history": self.history, "best": self.best, "patience": self.patience,
-                "examples_seen": self.examples_seen, "train_seconds": self.train_seconds,
-                "eval_seconds": self.eval_seconds}
-
-    def restore(self, bookkeeping: dict) -> None:
-        for key, value in bookkeeping.items():
-            setattr(self, key, value)
-        self.steps_done = self.history[-1]["step"] if self.history else 0
-
-    def summary(self) -> dict:
-        return {
-            "selection_metrics": self.best["metrics"], "report_metrics": self.report_metrics,
-            "best_step": self.best["step"], "steps": self.steps_done, "history": self.history,
-            "throughput": {"train_examples_per_s": self.examples_seen / max(self.train_seconds, 1e-9)},
-        }
-
-    def evaluate(self, role: str) -> dict:
-        t0 = time.perf_counter()
-        self.engine.eval()
-
-        def forward(items):
-            return [self.engine(self._to_device(collate(items, self.pad_id)))]
-
-        [predictions] = predict(forward, self.data[role], self.cfg.train.eval_batch_size, self.rank, self.world)
-        metrics = self.p.task.compute_metrics(getattr(self.p, role), predictions)
-        self.eval_seconds += time.perf_counter() - t0
-        return metrics
-
-    def _to_device(self, batch):
-        return {k: v.to(self.engine.device) for k, v in batch.items()}
-
-    def _trainable_params(self):
-        return [x for x in self.model.parameters() if x.requires_grad]
-
-    def _trainable_state(self, export: bool = False):
-        # export: the adapter's form (a residual prompt folds its MLP away) instead of the exact snapshot.
-        with gathered(self._trainable_params()):
-            state = self.model.adapter_state() if export else self.model.trainable_state()
-            return {k: v.detach().cpu().clone() for k, v in state.items()}
-
-    def _load_trainable_state(self, state):
-        with gathered(self._trainable_params(), modify=True):
-            self.model.load_trainable_state(state)
-
-    def _save_adapter(self):
-        from safetensors.torch import save_file
-
-        self.out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.contiguous() for k, v in self.best["adapter"].items()}
-        save_file(state, str(self.out / ADAPTER_FILE), metadata={"config": json.dumps(self.cfg.to_dict())})
-
-    def _saver(self, step: int) -> Callable[[Path], None]:
-        def save(directory: Path) -> None:
-            # Every rank writes its ZeRO shard; the step rides along so a restore continues the schedule. The frozen
-            # backbone is left out: it comes from the model, and would make every checkpoint model-sized.
-            self.engine.save_checkpoint(str(directory), tag=f"step{step}",
-                                        client_state={"step": step, "loop": self.bookkeeping()},
-                                        exclude_frozen_parameters=True)
-
-        return save

@@ -7,9 +7,9 @@
                           what PBT exploits, what a retry or `--resume` restarts from)
     the end            -> a last report (done_ptray, status, reason, report/<m>) whose checkpoint holds the core's
                           result.json and adapter, in seed<N>/
-    train.seed_pack K  -> the trial trains its K seeds together (ptray.core.packing); each seed reports as itself (so
-                          the driver logs every seed as it trains), a step's checkpoint (the whole pack's state) goes
-                          with the first report of that step, the last one holds every seed's result
+    train.seed_pack K  -> the trial trains its K seeds together (ptray.core.train.train_seeds); each seed reports as
+                          itself (so the driver logs every seed as it trains), a step's checkpoint (the whole pack's
+                          state) goes with the first report of that step, the last one holds every seed's result
     ResultWriter   a driver-side Tune callback: copies that last checkpoint into DIR/runs/..., or records a seed that a
                    scheduler stopped or that crashed (after its retries) with the reason (a trial that ends without
                    its last report under a scheduler that stops none is failed, not pruned). The driver writes every
@@ -113,10 +113,14 @@ def final_metrics(ident: dict[str, Any], result: dict[str, Any], last_step: int)
 
 
 class Reporter:
-    """The core's reporter inside a trial (or a Ray Train worker): every evaluation goes out with a checkpoint."""
+    """The core's reporter for one seed inside a trial (or a Ray Train worker): every evaluation goes to Tune as this
+    seed's own report, so the driver logs each seed's curve as it trains, with a checkpoint of the whole pack. The
+    loop calls a pack's reporters once every seed has booked the step, so the first seed to report a step sends the
+    checkpoint and the others send none (`checkpointed` is shared by a pack's reporters)."""
 
-    def __init__(self, ident: dict[str, Any], report):
+    def __init__(self, ident: dict[str, Any], report, checkpointed: dict[str, int] | None = None):
         self.ident, self.report, self.last_step = ident, report, 0
+        self.checkpointed = {} if checkpointed is None else checkpointed  # {"step": the last step checkpointed}
 
     def __call__(self, step: int, metrics: dict, save) -> bool:
         self.last_step = step
@@ -124,26 +128,13 @@ class Reporter:
         return False  # stopping is the scheduler's: it ends the trial
 
     def send(self, metrics: dict[str, Any], save) -> None:
-        with tempfile.TemporaryDirectory(prefix="ptray-ckpt-") as d:
-            save(Path(d))
-            self.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-
-
-class PackReporter(Reporter):
-    """One seed of a pack: its evaluations go to Tune as its own reports, so the driver logs each seed's curve as it
-    trains and Tune's progress shows every seed of the pack. The pack calls its reporters once every seed has booked
-    the step, so the first seed to report a step sends the whole pack's checkpoint and the others send none."""
-
-    def __init__(self, ident: dict[str, Any], report, checkpointed: dict[str, int]):
-        super().__init__(ident, report)
-        self.checkpointed = checkpointed  # shared by the pack's reporters: {"step": the last step checkpointed}
-
-    def send(self, metrics: dict[str, Any], save) -> None:
         if self.checkpointed.get("step") == metrics["step"]:
             self.report(metrics)
             return
         self.checkpointed["step"] = metrics["step"]
-        super().send(metrics, save)
+        with tempfile.TemporaryDirectory(prefix="ptray-ckpt-") as d:
+            save(Path(d))
+            self.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
 def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
@@ -194,21 +185,15 @@ def output_to(path: Path | None):
 
 
 def _train_here(cfgs: list[ExperimentConfig], config: dict[str, Any], resume: str | None) -> None:
-    """In the trial's own process: one seed with the core's `train`, or a pack of seeds with `train_packed`, each
-    seed reporting as itself; every seed is filed from the last checkpoint."""
-    from ptray.core.packing import train_packed
-    from ptray.core.train import train
+    """In the trial's own process: the trial's seeds (one, or a pack) with the core's `train_seeds`, each seed
+    reporting as itself; every seed is filed from the last checkpoint."""
+    from ptray.core.train import train_seeds
 
     with tempfile.TemporaryDirectory(prefix="ptray-run-") as out:
-        outs = [Path(out) / seed_dir(c.train.seed) for c in cfgs]
-        if len(cfgs) == 1:
-            reporters = [Reporter(identity(config), tune.report)]
-            results = [train(cfgs[0], outs[0], reporter=reporters[0], resume_dir=resume, progress=False)]
-        else:
-            checkpointed: dict[str, int] = {}
-            reporters = [PackReporter({**identity(config), "seed": c.train.seed}, tune.report, checkpointed)
-                         for c in cfgs]
-            results = train_packed(cfgs, outs, reporters, resume_dir=resume, progress=False)
+        checkpointed: dict[str, int] = {}
+        reporters = [Reporter({**identity(config), "seed": c.train.seed}, tune.report, checkpointed) for c in cfgs]
+        results = train_seeds(cfgs, [Path(out) / seed_dir(c.train.seed) for c in cfgs], reporters, resume_dir=resume,
+                              progress=False)
         _report_final(config, results, [r.last_step for r in reporters], tune.Checkpoint.from_directory(out))
 
 

@@ -51,10 +51,10 @@ class MethodConfig(Strict):
         return self.prompt_tokens() + self.prefix_tokens()
 
     def unpackable(self) -> str | None:
-        """Why seeds of this method cannot share one backbone pass (ptray.core.packing), with the fix; None when they
-        can. A pack joins its seeds' prompted input sequences, which a method must declare that it supports."""
-        return (f"method {self.name!r} cannot be packed: it does not declare that its seeds can share one backbone "
-                f"pass; set train.seed_pack=1")
+        """Why seeds of this method cannot train together (ptray.core.packing), with the fix; None when they can. Every
+        method's seeds keep their own parameters, random stream and rows, so a pack refuses only for a reason of the
+        method's own (none of the built-in ones has one)."""
+        return None
 
     def build(self, info, generator):
         """The method's nn.Module (a ptray.core.methods.base.PromptMethod) on a backbone described by `info`,

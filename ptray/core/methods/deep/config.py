@@ -24,10 +24,6 @@ class DeepConfig(MethodConfig):
     def prefix_tokens(self) -> int:
         return self.num_tokens
 
-    def unpackable(self) -> str | None:
-        return (f"method {self.name!r} cannot be packed: its prompt is per-layer key/value prefixes "
-                f"(past_key_values), and a pack joins only its seeds' input sequences; set train.seed_pack=1")
-
     def build(self, info, generator):
         from ptray.core.methods.deep.model import DeepPrompt
 

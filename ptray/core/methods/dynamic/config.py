@@ -43,10 +43,6 @@ class DynamicConfig(VanillaConfig):
             )
         return self
 
-    def unpackable(self) -> str | None:
-        return (f"method {self.name!r} cannot be packed: it chooses each input's prompt from Gumbel draws of the "
-                f"global random stream, which packed seeds would share; set train.seed_pack=1")
-
     def build(self, info, generator):
         from ptray.core.methods.dynamic.model import DynamicPrompt
 

@@ -28,12 +28,6 @@ class ResidualConfig(VanillaConfig):
     separate_mlps: bool = Field(False, description="One MLP per prompt token instead of one shared by all (the "
                                                    "paper's ablation).")
 
-    def unpackable(self) -> str | None:
-        if self.dropout:
-            return (f"method.dropout {self.dropout}: packed seeds share one random stream, so a method's dropout "
-                    f"cannot stay per seed; set method.dropout=0 or train.seed_pack=1")
-        return None
-
     def build(self, info, generator):
         from ptray.core.methods.residual.model import ResidualPrompt
 

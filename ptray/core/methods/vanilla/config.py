@@ -30,10 +30,6 @@ class VanillaConfig(MethodConfig):
     def prompt_tokens(self) -> int:
         return self.num_tokens
 
-    def unpackable(self) -> str | None:
-        # The prompt depends on the seed's own parameters only: each seed prompts its own rows of the joint pass.
-        return None
-
     def build(self, info, generator):
         from ptray.core.methods.vanilla.model import VanillaPrompt
 

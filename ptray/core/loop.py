@@ -1,0 +1,352 @@
+"""The training loop, for K seeds of one config at once; a single seed is the K=1 case.
+
+One step = each training seed's own next micro-batches -> each seed's loss (+ its PTP regularizer) -> one backward of
+their sum -> each seed's gradient clipped on its own -> one optimizer step -> periodic selection eval of every seed.
+The seeds share the frozen backbone (ptray.core.packing.PackedModel) and the optimizer step, and nothing else: each
+keeps its own prompt, head, data order, random stream, perturbation draws, optimizer state, best checkpoint, early
+stopping, reporter and result. So on a CPU, where every seed's rows go through the backbone in their own pass, K seeds
+packed give exactly the numbers of K runs alone (tests/test_packing.py); on a GPU the seeds share one pass, and agree
+to float rounding (padding to a common width changes kernel shapes).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from ptray.config import ExperimentConfig
+from ptray.core.data import Encoded, collate, train_order
+from ptray.core.model import PromptModel, option_loss
+from ptray.core.perturbations import build_perturbation
+from ptray.core.zero import gathered
+from ptray.layout import ADAPTER_FILE
+
+
+class Reporter(Protocol):
+    """Hears every evaluation. `save(dir)` writes a resumable checkpoint there; return True to stop the seed."""
+
+    def __call__(self, step: int, metrics: dict, save: Callable[[Path], None]) -> bool | None: ...
+
+
+class Diverged(RuntimeError):
+    pass
+
+
+def check_loss(value: float, step: int, max_loss: float) -> None:
+    """A NaN, infinite or too large loss ends the seed as failed: diverged."""
+    if not math.isfinite(value) or value > max_loss:
+        raise Diverged(f"loss diverged ({value:.4g}) at step {step}")
+
+
+def loss_fn(model, batch, perturbation=None, scores=None) -> torch.Tensor:
+    """Cross-entropy over each example's options (`scores`, or the model's on `batch`); the seam where regularizers
+    add their terms: a PTP perturbation adds lambda * L(perturbed), its passes run on the bare PromptModel (see
+    ptray.core.perturbations)."""
+    loss = option_loss(model(batch) if scores is None else scores, batch["labels"])
+    if perturbation is not None:
+        loss = loss + perturbation.weight * perturbation.perturbed_loss(getattr(model, "module", model), batch)
+    return loss
+
+
+@torch.inference_mode()
+def predict(forward, items: list[Encoded], batch_size: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """Predicted option of every item by one or more models: `forward(list of Encoded)` returns one [B, K] score
+    tensor per model (packed seeds score together). Longest first, so batches pad little; ranks share the work and
+    gather the predictions."""
+    order = sorted(range(len(items)), key=lambda i: -sum(len(r) for r in items[i].rows))
+    mine = order[rank::world]
+    per_rank = math.ceil(len(order) / world)
+    # Under ZeRO-3 every rank must run the same number of forwards: pad the short shard with a repeat.
+    mine = mine + mine[-1:] * (per_rank - len(mine)) if mine else order[:1] * per_rank
+    preds: list[dict[int, int]] = []
+    for start in range(0, len(mine), batch_size):
+        idx = mine[start : start + batch_size]
+        scores = forward([items[i] for i in idx])
+        preds = preds or [{} for _ in scores]
+        for pred, s in zip(preds, scores):
+            pred.update(zip(idx, s.argmax(-1).tolist()))
+    if world > 1:
+        import torch.distributed as dist
+
+        shards = [None] * world
+        dist.all_gather_object(shards, preds)
+        preds = [{k: v for shard in shards for k, v in shard[m].items()} for m in range(len(preds))]
+    return [[pred[i] for i in range(len(items))] for pred in preds]
+
+
+class RandomStream:
+    """One seed's own torch random stream (dropout, Gumbel draws), swapped in around that seed's computations: seeds
+    trained together draw exactly what each would draw alone. A checkpoint carries it, so a resumed seed draws on."""
+
+    def __init__(self, seed: int, device: torch.device):
+        self.cuda = device if device.type == "cuda" else None
+        outside = self._get()
+        torch.manual_seed(seed)  # as transformers.set_seed seeds torch: the CPU and every GPU
+        self.state = self._get()
+        self._set(outside)
+
+    @contextmanager
+    def active(self):
+        outside = self._get()
+        self._set(self.state)
+        try:
+            yield
+        finally:
+            self.state = self._get()
+            self._set(outside)
+
+    def _get(self):
+        return torch.get_rng_state(), torch.cuda.get_rng_state(self.cuda) if self.cuda else None
+
+    def _set(self, state) -> None:
+        torch.set_rng_state(state[0])
+        if self.cuda:
+            torch.cuda.set_rng_state(state[1], self.cuda)
+
+
+class SeedRun:
+    """Everything that makes one seed of a pack a seed: its model (prompt and head), data order, random stream,
+    perturbation, history, best selection state, early stopping, reporter, adapter and result summary."""
+
+    def __init__(self, cfg: ExperimentConfig, model: PromptModel, tokenizer, device: torch.device, rank: int,
+                 world: int, out: Path | None, reporter: Reporter | None):
+        self.cfg, self.model, self.rank, self.world, self.out, self.reporter = cfg, model, rank, world, out, reporter
+        self.seed = cfg.train.seed
+        self.stream = RandomStream(cfg.source_seeds()["order"], device)  # training noise is the order seed's
+        self.perturbation = build_perturbation(cfg, tokenizer, rank)
+        self.history: list[dict] = []
+        self.best = {"score": -math.inf, "step": 0, "metrics": None, "state": None, "adapter": {}}
+        self.patience = 0
+        self.examples_seen = 0
+        self.steps_done = 0
+        self.report_metrics: dict | None = None
+
+    def batch_order(self, data: list[Encoded]):
+        """This seed's endless training micro-batches, as indices into the train split (see data.train_order)."""
+        tc = self.cfg.train
+        return train_order(data, tc.batch_size, self.cfg.source_seeds()["order"], self.rank, self.world,
+                           tc.group_by_length)
+
+    def trainable_params(self) -> list[torch.nn.Parameter]:
+        return [x for x in self.model.parameters() if x.requires_grad]
+
+    def book(self, step: int, losses: list[float], lr: float, metrics: dict | None, primary: str) -> bool:
+        """Record a finished step; with selection metrics, keep the best state. True: early stopping ends the seed."""
+        self.steps_done = step
+        record = {"step": step, "loss": float(np.mean(losses)), "lr": lr}
+        self.history.append(record)
+        if metrics is None:
+            return False
+        record["selection"] = metrics
+        if metrics[primary] > self.best["score"]:
+            self.best = {"score": metrics[primary], "step": step, "metrics": metrics, "state": self.trainable_state(),
+                         "adapter": self.trainable_state(export=True)}
+            self.patience = 0
+        else:
+            self.patience += 1
+        limit = self.cfg.train.early_stopping_patience
+        return bool(limit and self.patience >= limit)
+
+    def restore_best(self) -> None:
+        # Report on the best selection checkpoint, not the last step.
+        if self.best["state"] is not None:
+            with gathered(self.trainable_params(), modify=True):
+                self.model.load_trainable_state(self.best["state"])
+
+    def finish(self, report_metrics: dict) -> None:
+        self.report_metrics = report_metrics
+        if self.out is not None and self.rank == 0:
+            from safetensors.torch import save_file
+
+            self.out.mkdir(parents=True, exist_ok=True)
+            state = {k: v.contiguous() for k, v in self.best["adapter"].items()}
+            save_file(state, str(self.out / ADAPTER_FILE), metadata={"config": json.dumps(self.cfg.to_dict())})
+
+    def trainable_state(self, export: bool = False) -> dict[str, torch.Tensor]:
+        # export: the adapter's form (a residual prompt folds its MLP away) instead of the exact snapshot.
+        with gathered(self.trainable_params()):
+            state = self.model.adapter_state() if export else self.model.trainable_state()
+            return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+    def bookkeeping(self) -> dict:
+        """What a checkpoint carries of this seed besides the engine's state (see train.resume)."""
+        return {"history": self.history, "best": self.best, "patience": self.patience,
+                "examples_seen": self.examples_seen, "rng": self.stream.state}
+
+    def restore(self, bookkeeping: dict) -> None:
+        self.history, self.best = bookkeeping["history"], bookkeeping["best"]
+        self.patience, self.examples_seen = bookkeeping["patience"], bookkeeping["examples_seen"]
+        self.steps_done = self.history[-1]["step"] if self.history else 0
+        if "rng" in bookkeeping:  # checkpoints from before seeds kept their own stream continue on the fresh one
+            self.stream.state = bookkeeping["rng"]
+
+    def summary(self, train_seconds: float) -> dict:
+        return {
+            "selection_metrics": self.best["metrics"], "report_metrics": self.report_metrics,
+            "best_step": self.best["step"], "steps": self.steps_done, "history": self.history,
+            "throughput": {"train_examples_per_s": self.examples_seen / max(train_seconds, 1e-9)},
+        }
+
+
+class Loop:
+    """The step loop over a pack's seeds (see the module docstring). The engine wraps a PackedModel of the seeds'
+    models; the loop calls each seed's reporter once every seed has booked the step, with a `save` that checkpoints
+    the whole pack (every seed's state and bookkeeping), which `train.resume` restores."""
+
+    def __init__(self, seeds: list[SeedRun], engine, prepared, data: dict[str, list[Encoded]], pad_id: int,
+                 total: int, progress: bool):
+        self.seeds, self.engine, self.p, self.data, self.pad_id, self.total = seeds, engine, prepared, data, pad_id, total
+        self.tc = seeds[0].cfg.train
+        self.rank, self.world = seeds[0].rank, seeds[0].world
+        self.progress = progress and self.rank == 0
+        self.training = [True] * len(seeds)
+        self.failed: dict[int, str] = {}
+        # A pack clips each seed's gradient itself (DeepSpeed would clip all seeds as one vector). Under ZeRO the
+        # gradients live in the optimizer's partitions, where only DeepSpeed can clip: then the pack is one seed
+        # (ExperimentConfig.unpackable refuses clipped ZeRO packs) and DeepSpeed clips it (engine built with clipping).
+        self.clip_per_seed = self.tc.zero_stage == 0
+        self.train_seconds = self.eval_seconds = 0.0
+
+    def active(self) -> list[int]:
+        return [i for i, on in enumerate(self.training) if on]
+
+    def run(self, start_step: int = 0) -> None:
+        from tqdm.auto import tqdm
+
+        tc = self.tc
+        orders = [s.batch_order(self.data["train"]) for s in self.seeds]
+        for order in orders:  # resuming skips the data already seen, as an unbroken run would have
+            for _ in range(start_step * tc.grad_accum):
+                next(order)
+        for s in self.seeds:  # ... and draws the perturbations it would (one perturbed pass per micro-batch)
+            if s.perturbation is not None:
+                s.perturbation.calls = start_step * tc.grad_accum
+        names = [s.seed for s in self.seeds]
+        bar = tqdm(total=self.total, initial=start_step, disable=not self.progress, dynamic_ncols=True,
+                   desc=f"seed {names[0]}" if len(names) == 1 else f"seeds {names}")
+        step = start_step
+        while step < self.total and self.active():
+            t_start = time.perf_counter()
+            self.engine.train()
+            losses: dict[int, list[float]] = {i: [] for i in self.active()}
+            for _ in range(tc.grad_accum):
+                self.micro_step([next(o) if self.training[i] else [] for i, o in enumerate(orders)], step + 1, losses)
+            step += 1
+            for i in self.active():
+                self.seeds[i].model.method.on_step(step)
+            self.train_seconds += time.perf_counter() - t_start
+            bar.update(1)
+            live = [np.mean(v) for v in losses.values() if v]
+            if live:
+                bar.set_postfix(loss=f"{np.mean(live):.4f}")
+            due = step % tc.eval_every == 0 or step == self.total
+            metrics = self.evaluate("selection", self.active()) if due else {}
+            lr = self.engine.get_lr()[0]
+            for i in self.active():
+                if self.seeds[i].book(step, losses[i], lr, metrics.get(i), self.p.task.primary_metric):
+                    self.training[i] = False
+            # The reporters hear the step once every seed has booked it, so a checkpoint saved now holds them all.
+            for i, m in metrics.items():
+                seed = self.seeds[i]
+                if seed.reporter is not None and seed.reporter(step, {**m, "loss": seed.history[-1]["loss"]},
+                                                               self.saver(step)):
+                    self.training[i] = False
+        bar.close()
+        done = [i for i in range(len(self.seeds)) if i not in self.failed]
+        for i in done:
+            self.seeds[i].restore_best()
+        report = self.evaluate("report", done) if done else {}
+        for i in done:
+            self.seeds[i].finish(report[i])
+
+    def micro_step(self, indices: list[list[int]], step: int, losses: dict[int, list[float]]) -> None:
+        """Each seed's micro-batch (indices into the train split; empty for a seed that no longer trains)."""
+        items = self.data["train"]
+        self.micro_step_on([self.to_device(collate([items[j] for j in idx], self.pad_id)) if idx else None
+                            for idx in indices], step, losses)
+
+    def micro_step_on(self, batches: list[dict[str, torch.Tensor] | None], step: int,
+                      losses: dict[int, list[float]]) -> None:
+        scores = self.engine(batches)
+        total = None
+        for i, (s, batch) in enumerate(zip(scores, batches)):
+            if s is None:
+                continue
+            seed = self.seeds[i]
+            with seed.stream.active():  # a perturbation's passes draw dropout from the seed's stream
+                loss = loss_fn(seed.model, batch, seed.perturbation, scores=s)
+            value = loss.item()
+            try:
+                check_loss(value, step, self.tc.max_loss)
+            except Diverged as e:
+                self.fail(i, str(e))
+                continue
+            losses[i].append(value)
+            seed.examples_seen += batch["labels"].shape[0] * self.world
+            total = loss if total is None else total + loss
+        if total is None:  # every seed has failed
+            return
+        self.engine.backward(total)
+        if self.clip_per_seed:
+            for i in self.failed:  # a failed seed's rows may have shared a pass: its (NaN) gradient must not be applied
+                for x in self.seeds[i].trainable_params():
+                    x.grad = None
+            if self.tc.max_grad_norm is not None and self.engine.is_gradient_accumulation_boundary():
+                from deepspeed.runtime.utils import clip_grad_norm_
+
+                for i in self.active():  # DeepSpeed's own clipping, applied to one seed's gradients at a time
+                    clip_grad_norm_(self.seeds[i].trainable_params(), self.tc.max_grad_norm)
+        self.engine.step()
+
+    def evaluate(self, role: str, which: list[int]) -> dict[int, dict]:
+        """Metrics of the seeds `which` on a split; every eval batch runs once for all of them."""
+        t0 = time.perf_counter()
+        self.engine.eval()
+
+        def forward(items):
+            batch = self.to_device(collate(items, self.pad_id))
+            return [s for s in self.engine([batch if i in which else None for i in range(len(self.seeds))])
+                    if s is not None]
+
+        preds = predict(forward, self.data[role], self.tc.eval_batch_size, self.rank, self.world)
+        examples = getattr(self.p, role)
+        metrics = {i: self.p.task.compute_metrics(examples, pred) for i, pred in zip(which, preds)}
+        self.eval_seconds += time.perf_counter() - t0
+        return metrics
+
+    def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.engine.device) for k, v in batch.items()}
+
+    def fail(self, i: int, reason: str) -> None:
+        self.training[i] = False
+        self.failed[i] = reason
+
+    def saver(self, step: int) -> Callable[[Path], None]:
+        def save(directory: Path) -> None:
+            # Every rank writes its ZeRO shard; the step rides along so a restore continues the schedule. The frozen
+            # backbone is left out: it comes from the model, and would make every checkpoint model-sized.
+            self.engine.save_checkpoint(str(directory), tag=f"step{step}",
+                                        client_state={"step": step, "loop": self.bookkeeping()},
+                                        exclude_frozen_parameters=True)
+
+        return save
+
+    def bookkeeping(self) -> dict:
+        return {"seeds": [s.bookkeeping() for s in self.seeds], "training": self.training, "failed": self.failed,
+                "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds}
+
+    def restore(self, bookkeeping: dict) -> None:
+        if "seeds" not in bookkeeping:  # a one-seed checkpoint from before every run was a pack
+            bookkeeping = {"seeds": [bookkeeping], "training": [True], "failed": {},
+                           "train_seconds": bookkeeping.get("train_seconds", 0.0),
+                           "eval_seconds": bookkeeping.get("eval_seconds", 0.0)}
+        for seed, state in zip(self.seeds, bookkeeping["seeds"]):
+            seed.restore(state)
+        self.training, self.failed = list(bookkeeping["training"]), dict(bookkeeping["failed"])
+        self.train_seconds, self.eval_seconds = bookkeeping["train_seconds"], bookkeeping["eval_seconds"]
