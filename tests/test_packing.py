@@ -200,6 +200,25 @@ def test_one_seed_checkpoints_from_before_packs_still_load(data_dir):
     assert loop.training == [True] and loop.failed == {} and loop.train_seconds == 3.0
 
 
+@pytest.mark.parametrize("max_grad_norm", [None, 0.5])
+def test_the_engine_clips_only_when_asked(max_grad_norm):
+    # DeepSpeed clips at 1.0 unless its config says otherwise: `train.max_grad_norm: null` once clipped anyway, and a
+    # pack's engine (which leaves clipping to the loop, per seed) clipped all seeds' gradients together on top. That
+    # joint clip is what made packed seeds drift from their separate runs once their combined norm passed 1.
+    from ptray.config import TrainConfig
+    from ptray.core.engine import build_engine
+
+    model = torch.nn.Linear(4, 1)
+    engine = build_engine(model, TrainConfig(max_grad_norm=max_grad_norm), 10, torch.device("cpu"))
+    seen = []
+    step = engine.optimizer.step
+    engine.optimizer.step = lambda *a, **k: (seen.append(model.weight.grad.norm().item()), step(*a, **k))[1]
+    engine.backward((engine(torch.full((1, 4), 100.0)) ** 2).sum())
+    engine.step()
+    close_engine(engine)
+    assert seen[0] > 100 if max_grad_norm is None else seen[0] == pytest.approx(0.5, rel=1e-4)
+
+
 def test_failed_seeds_are_recorded_not_dropped(data_dir, tmp_path):
     cfgs = [cfg_for(data_dir, s, train={"max_loss": 0.01}) for s in SEEDS[:2]]
     results = train_seeds(cfgs, [tmp_path / "a", tmp_path / "b"], progress=False)

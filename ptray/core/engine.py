@@ -46,8 +46,8 @@ def ds_config(cfg: TrainConfig) -> dict:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    if cfg.max_grad_norm is not None:
-        config["gradient_clipping"] = cfg.max_grad_norm
+    # DeepSpeed clips at 1.0 unless told otherwise: 0 is its "no clipping".
+    config["gradient_clipping"] = cfg.max_grad_norm or 0.0
     return config
 
 
