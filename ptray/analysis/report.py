@@ -21,7 +21,7 @@ import numpy as np
 
 from ptray import stats
 from ptray.analysis import plots, variance
-from ptray.layout import LANDSCAPE_DIR, LANDSCAPE_FILE, REPORT_DIR, run_dir, write_json
+from ptray.layout import LANDSCAPE_DIR, LANDSCAPE_FILE, REPORT_DIR, inside, run_dir, write_json
 from ptray.tracking.results import ConfigResults, Experiment, load_experiment
 from ptray.tracking.store import Tracker, open_tracker
 
@@ -49,7 +49,7 @@ def log_experiment(directory: str | Path, tracking_uri: str | None = None) -> Tr
 
 def log_config_figures(tracker: Tracker, exp: Experiment) -> None:
     for c in exp.configs.values():
-        figures = config_figures(c, exp.dir / REPORT_DIR / "configs" / c.config_id)
+        figures = config_figures(c, inside(exp.dir / REPORT_DIR / "configs", c.config_id))
         tracker.log_artifacts(c.config_id, figures, "figures")
 
 
@@ -326,6 +326,11 @@ def _markdown(exp: Experiment, base: ConfigResults, summaries, comparisons, figu
     if low:
         lines += ["## Seeds at or below the majority class", "", "Finished, and in the statistics above.", "",
                   _table(["config", "seed", "report"], low), ""]
+    running = [[_cfg(c), str(s.seed), _cell(s.reason or "")] for c in configs for s in c.seeds if s.status == "running"]
+    if running:
+        lines += ["## Seeds still running", "", f"`ptray tune` (PID {exp.owner}) is still running this folder: these "
+                  "seeds have no result yet and are not in the statistics. Run `ptray report` again when it ends.", "",
+                  _table(["config", "seed", "status"], running), ""]
     stopped = [[_cfg(c), str(s.seed), _cell(s.reason or "")] for c in configs for s in c.seeds if s.status == "stopped"]
     if stopped:
         lines += ["## Seeds stopped early by the scheduler", "", "Pruned, not failed: left out of the statistics.", "",

@@ -29,7 +29,7 @@ from ptray.core.model import PromptModel, option_loss
 from ptray.core.perturbations import build_perturbation
 from ptray.core.tasks import Example, Task, build_task
 from ptray.core.zero import gathered
-from ptray.layout import ADAPTER_FILE, RESULT_FILE, write_json
+from ptray.layout import ADAPTER_FILE, RESULT_FILE, redact, write_json
 
 log = logging.getLogger(__name__)
 
@@ -455,7 +455,7 @@ class TrainLoop:
 
         self.out.mkdir(parents=True, exist_ok=True)
         state = {k: v.contiguous() for k, v in self.best["adapter"].items()}
-        save_file(state, str(self.out / ADAPTER_FILE), metadata={"config": json.dumps(self.cfg.to_dict())})
+        save_file(state, str(self.out / ADAPTER_FILE), metadata={"config": redact(json.dumps(self.cfg.to_dict()))})
 
     def _saver(self, step: int) -> Callable[[Path], None]:
         def save(directory: Path) -> None:
