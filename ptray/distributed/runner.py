@@ -443,10 +443,14 @@ class _Runner:
 
     def log_and_print(self) -> None:
         from ptray.analysis.report import log_experiment
+        from ptray.distributed.mlflow_callback import warn_tracking_failed
         from ptray.tracking.summary import print_summary
 
         for d in (self.dir, self.confirm_dir):
             if (d / EXPERIMENT_FILE).is_file():
-                log_experiment(d, self.tracking_uri)
+                try:
+                    log_experiment(d, self.tracking_uri)
+                except Exception as e:  # tracking is best-effort here too: the table comes from result.json
+                    warn_tracking_failed(self.tracking_uri, d, f"logging the folder: {type(e).__name__}: {e}")
                 print()
                 print_summary(d)
