@@ -173,7 +173,8 @@ def cmd_export(args) -> int:
 def cmd_tune(args) -> int:
     from ptray.distributed.runner import run_experiment
 
-    return run_experiment(args.config, args.output, args.overrides, args.address, args.resume, args.verbose)
+    return run_experiment(args.config, args.output, args.overrides, args.address, args.resume, args.verbose,
+                          args.trust)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster to join (host:port or ray://host:port; default $RAY_ADDRESS, "
                                      "else a local Ray in this process)")
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted experiment in DIR")
+    p.add_argument("--trust", action="store_true",
+                   help="let --resume load Tune's saved state from DIR: Python pickles, which run any code they hold; "
+                        "only for a folder you trust")
     p.add_argument("--verbose", action="store_true",
                    help="show Ray's own status tables and the trials' log lines (by default in DIR/logs/ and Ray's "
                         "session logs) instead of ptray's live view")
