@@ -61,9 +61,9 @@ def inside(root: str | Path, *parts: str) -> Path:
     path = root.joinpath(*map(str, parts))
     base, full = os.path.normpath(os.path.abspath(root)), os.path.normpath(os.path.abspath(path))
     if not full.startswith(base.rstrip(os.sep) + os.sep):
-        raise ValueError(f"{'/'.join(map(str, parts))!r} would lead out of {root} (to {full}): a name in the experiment "
-                         "folder's files (experiment.json's config ids) was altered; restore the file or rerun the "
-                         "experiment")
+        name = "/".join(map(str, parts))
+        raise ValueError(f"{name!r} would lead out of {root} (to {full}): a name in the experiment folder's files "
+                         "(experiment.json's config ids) was altered; restore the file or rerun the experiment")
     return path
 
 

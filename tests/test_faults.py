@@ -192,7 +192,8 @@ def test_credentials_never_reach_the_folder_or_mlflow(tmp_path):
         assert secret not in json.dumps([run.data.params, run.data.tags])
         for artifact in client.list_artifacts(run.info.run_id):
             if not artifact.is_dir and artifact.path.endswith(".json"):
-                assert secret not in Path(client.download_artifacts(run.info.run_id, artifact.path, tmp_path)).read_text()
+                local = client.download_artifacts(run.info.run_id, artifact.path, tmp_path)
+                assert secret not in Path(local).read_text()
     assert secret not in as_text(config_from_dict({"tracking": config["tracking"]}))
 
 
@@ -216,3 +217,194 @@ def test_owner_is_none_for_a_lock_left_by_a_dead_process(tmp_path):
     p = _ptray("report", root, "--no-mlflow")
     assert p.returncode == 0 and "still running" not in p.stdout, p.stderr[-2000:]
     assert time.time() - t0 < 120
+
+
+# --- pickles in the experiment folder ---------------------------------------------------------------------------------
+class _Payload:
+    """A pickle that creates a file when loaded: what a planted searcher-state-*.pkl can do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_resume_loads_no_pickle_without_trust(data_dir, tmp_path):
+    import pickle
+
+    from conftest import tiny_config
+
+    root = tmp_path / "exp"
+    root.mkdir()
+    write_json(root / "experiment.json", {"name": "exp", "config": tiny_config(data_dir, tune={"seeds": [0]}),
+                                          "seeds": [0], "configs": {}, "baseline_config_id": None})
+    marker = tmp_path / "the-pickle-ran"
+    state = root / "ray" / "search" / "searcher-state-2026-01-01.pkl"
+    state.parent.mkdir(parents=True)
+    state.write_bytes(pickle.dumps(_Payload(marker)))
+    p = _ptray("tune", "--resume", root)
+    assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
+    assert p.stderr.startswith(f"error: --resume {root}: {state} would be loaded") and "--trust`" in p.stderr
+    assert not marker.exists()
+
+
+# --- faults during a real sweep (Ray) ---------------------------------------------------------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server():
+    """Start an MLflow tracking server on a given port (on loopback, as cluster.yaml does); stopped at the end."""
+    procs = []
+
+    def start(port: int, folder: Path) -> str:
+        import urllib.request
+
+        folder.mkdir(parents=True, exist_ok=True)
+        log = open(folder / "server.log", "w")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+             "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=folder))
+        # A guard against a server that never answers, not a speed check (MLflow 3 took minutes on a loaded machine).
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            assert procs[-1].poll() is None, (folder / "server.log").read_text()[-3000:]
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).close()
+                return f"http://127.0.0.1:{port}"
+            except OSError:
+                time.sleep(1)
+        raise AssertionError("the MLflow server never answered")
+
+    yield start
+    for proc in procs:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_a_tracking_server_that_is_gone_stops_no_seed_and_leaks_no_credential(data_dir, tmp_path, mlflow_server):
+    """tracking.uri names a server (with credentials) that does not answer: every seed still trains and files its
+    result.json, one warning says so, nothing ptray writes holds the password; once the server is back, `ptray report`
+    logs every seed there."""
+    from tune_util import results, run_ptray, write_config
+
+    port, secret = _free_port(), "hunter2"
+    config = write_config(tmp_path / "gone.yaml", data_dir, {"seeds": [0, 1, 2], "max_concurrent": 1},
+                          tracking={"uri": f"http://alice:{secret}@127.0.0.1:{port}"})
+    out = tmp_path / "exp"
+    p = run_ptray("tune", config, "--output", out)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    found = results(out)
+    assert sorted(s for _, s in found) == [0, 1, 2] and all(r["status"] == "ok" for r in found.values())
+    warning = f"warning: MLflow tracking at http://***@127.0.0.1:{port} failed"
+    # Once for the sweep (then tracking is off: no warning per trial), once for ptray tune's closing log.
+    assert p.stderr.count(warning) == 2, p.stderr[-3000:]
+    assert warning in (out / "logs" / "ray.log").read_text()  # the run's log has it too
+    leaks = [f for f in out.rglob("*") if f.is_file() and secret.encode() in f.read_bytes()]
+    assert not leaks and secret not in p.stdout + p.stderr
+
+    server = mlflow_server(port, tmp_path / "server")
+    r = _ptray("report", out)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    [cid] = {c for c, _ in found}
+    runs = check_mlflow_structure(server, "gone", {cid: [0, 1, 2]})
+    assert all(run.info.status == "FINISHED" for run in runs.values())
+
+
+@pytest.mark.slow
+def test_a_store_corrupted_mid_sweep_in_a_folder_with_a_quote_stops_no_seed(data_dir, tmp_path):
+    """The folder's own mlflow.db is overwritten with garbage once the first seed is filed, in an output folder whose
+    path holds an apostrophe: every seed still trains and files its result.json, and `ptray report` has them all in
+    MLflow."""
+    from tune_util import ptray_cmd, results, write_config
+
+    config = write_config(tmp_path / "corrupt.yaml", data_dir, {"seeds": [0, 1, 2], "max_concurrent": 1})
+    out = tmp_path / "it's" / "exp"
+    run = subprocess.Popen(ptray_cmd("tune", config, "--output", out), cwd=REPO, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 1500
+    while not list(out.glob("runs/*/seed0/result.json")):
+        assert run.poll() is None, run.stdout.read()[-3000:]
+        assert time.time() < deadline, "seed 0 was never filed"
+        time.sleep(0.5)
+    db = out / "mlflow.db"
+    with open(db, "r+b") as f:  # in place, under the open connections of the sweep's tracker
+        f.write(b"\0garbage, as a full disk or a crash can leave it\0" * 4096)
+    output = run.communicate(timeout=1500)[0]
+    assert run.returncode == 0, output[-3000:]
+    found = results(out)
+    assert sorted(s for _, s in found) == [0, 1, 2] and all(r["status"] == "ok" for r in found.values())
+    # The fault hit the store, and the sweep's own tracker got over it: it set the file aside (kept) once, logged on
+    # into a new store, and never had to give up tracking.
+    assert len(list(out.glob("mlflow.db.broken-*"))) == 1
+    assert "could not be opened" in (out / "logs" / "ray.log").read_text()
+    assert "warning: MLflow tracking" not in output
+
+    r = _ptray("report", out)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    [cid] = {c for c, _ in found}
+    check_mlflow_structure(f"sqlite:///{db}", "corrupt", {cid: [0, 1, 2]})
+
+
+@pytest.mark.slow
+def test_the_ray_ptray_starts_listens_on_loopback_only():
+    """Every listening socket of ptray's local Ray (the driver, GCS, raylet, agents, a worker) is on 127.0.0.1."""
+    import ipaddress
+
+    import psutil
+    import ray
+
+    from ptray.distributed.runner import connect
+
+    assert connect(None) is True
+    try:
+        @ray.remote
+        def pid() -> int:
+            return os.getpid()
+
+        worker = ray.get(pid.remote())
+        time.sleep(2)  # the agents' servers come up after ray.init returns
+        me = psutil.Process()
+        procs = [me, *me.children(recursive=True)]
+        assert worker in {p.pid for p in procs}
+        listening = [(p.pid, p.name(), c.laddr) for p in procs for c in p.net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN]
+    finally:
+        ray.shutdown()
+    assert len(listening) >= 5, listening  # GCS, raylet, agents, driver, worker: the check saw Ray's servers
+    exposed = [x for x in listening if not _loopback(ipaddress.ip_address(x[2].ip))]
+    assert not exposed, exposed
+    assert os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") is None  # the switch does not outlive the start
+
+
+def _loopback(ip) -> bool:
+    return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
+
+
+@pytest.mark.slow
+def test_a_planted_checkpoint_pickle_is_refused_on_resume(data_dir, tmp_path):
+    """A resume reads DeepSpeed's checkpoint files as data only: one replaced by a pickle that runs code is refused,
+    where DeepSpeed's own loader (weights_only=False) would have run it."""
+    import torch
+
+    from conftest import tiny_config
+    from ptray.config import config_from_dict
+    from ptray.core.train import train
+
+    cfg = config_from_dict(tiny_config(data_dir, train={"max_steps": 3, "eval_every": 3}))
+    ckpt = tmp_path / "ckpt"
+    train(cfg, progress=False, reporter=lambda step, metrics, save: save(ckpt))
+    [states] = ckpt.rglob("mp_rank_00_model_states.pt")
+    marker = tmp_path / "the-pickle-ran"
+    torch.save({"module": _Payload(marker)}, states)
+    result = train(cfg, progress=False, resume_dir=ckpt)
+    assert result["status"] == "failed" and result["reason"].startswith("UnpicklingError: Weights only load failed")
+    assert not marker.exists()

@@ -3,9 +3,9 @@
 
 A (config, seed) that experiment.json promises but that has no result.json is kept as a `missing` seed (the trial
 crashed before the core wrote its result, or has not run yet): it counts as failed, never silently dropped. While a
-live `ptray tune` owns the folder (ptray.layout.owner), such a seed is `running` instead: listed, not yet counted. A seed a
-scheduler stopped early (status `stopped`) was pruned, not failed: it is listed, but left out of the statistics. Every
-other seed that finished is in the statistics, whatever its score (`ConfigResults.summary`).
+live `ptray tune` owns the folder (ptray.layout.owner), such a seed is `running` instead: listed, not yet counted. A
+seed a scheduler stopped early (status `stopped`) was pruned, not failed: it is listed, but left out of the
+statistics. Every other seed that finished is in the statistics, whatever its score (`ConfigResults.summary`).
 """
 from __future__ import annotations
 

@@ -76,12 +76,15 @@ def _open_store(uri: str, experiment_dir: Path):
         journal = db.with_name(f"{DB_FILE}-journal")
         if journal.is_file():
             journal.rename(aside.with_name(f"{aside.name}-journal"))
-        # MLflow keeps one engine per URI for the process; it still points at the file moved aside.
+        # MLflow keeps one engine per URI and one store per URI for the process; both still point at the file moved
+        # aside, and a cached store never creates the tables of the new file (a sweep that reopens its store).
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
 
         engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)
         if engine is not None:
             engine.dispose()
+        _tracking_store_registry._get_store_with_resolved_uri.cache_clear()
         print(f"warning: the MLflow store {db} could not be opened ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
               f"moved it to {aside.name} and rebuilding it from the folder's results", file=sys.stderr)
         return MlflowClient(uri)
