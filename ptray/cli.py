@@ -91,10 +91,14 @@ def cmd_report(args) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from ptray.analysis.report import write_report
+    from ptray.analysis.report import TrackingError, write_report
     from ptray.tracking.summary import print_summary
 
-    md = write_report(args.dir, baseline=args.baseline, log_mlflow=not args.no_mlflow)
+    try:
+        md = write_report(args.dir, baseline=args.baseline, log_mlflow=not args.no_mlflow)
+    except TrackingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print_summary(args.dir)
     print(f"report: {md}")
     return 0

@@ -197,6 +197,22 @@ def test_credentials_never_reach_the_folder_or_mlflow(tmp_path):
     assert secret not in as_text(config_from_dict({"tracking": config["tracking"]}))
 
 
+def test_report_with_its_tracking_server_gone_writes_the_report_and_says_so(tmp_path):
+    port = _free_port()
+    root = _experiment(tmp_path / "exp", config={"method": {"name": "vanilla"},
+                                                 "tracking": {"uri": f"http://alice:hunter2@127.0.0.1:{port}"}})
+    for o in (A, B):
+        for s in SEEDS:
+            _file(root, o, s)
+    # The user's own setting: MLflow's client retries a refused connection for minutes by default.
+    p = _ptray("report", root, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert p.stderr.startswith(f"error: {root / 'report' / 'report.md'} is written, but logging to MLflow at "
+                               f"http://127.0.0.1:{port} failed")  # read back without its credentials
+    assert f"run `ptray report {root}` again once it answers" in p.stderr and "hunter2" not in p.stderr
+    assert (root / "report" / "report.md").is_file()
+
+
 def test_report_refuses_a_config_id_that_leads_out_of_the_folder(tmp_path):
     root = _experiment(tmp_path / "exp")
     _file(root, A, 0)

@@ -21,9 +21,13 @@ import numpy as np
 
 from ptray import stats
 from ptray.analysis import plots, variance
-from ptray.layout import LANDSCAPE_DIR, LANDSCAPE_FILE, REPORT_DIR, inside, run_dir, write_json
+from ptray.layout import LANDSCAPE_DIR, LANDSCAPE_FILE, REPORT_DIR, inside, redact, run_dir, write_json
 from ptray.tracking.results import ConfigResults, Experiment, load_experiment
-from ptray.tracking.store import Tracker, open_tracker
+from ptray.tracking.store import Tracker, open_tracker, resolve_tracking_uri
+
+
+class TrackingError(RuntimeError):
+    """The report is written, but logging it to MLflow failed."""
 
 
 def config_figures(c: ConfigResults, folder: str | Path) -> list[Path]:
@@ -94,10 +98,16 @@ def write_report(directory: str | Path, baseline: str | None = None, log_mlflow:
     md.write_text(_markdown(exp, base, summaries, comparisons, figures, landscapes, sources))
 
     if log_mlflow:
-        tracker = log_experiment(exp.dir, tracking_uri)
-        files = [md, out / "stats.json", *figures.values()]
-        for c in configs:
-            tracker.log_artifacts(c.config_id, files, "report")
+        try:
+            tracker = log_experiment(exp.dir, tracking_uri)
+            files = [md, out / "stats.json", *figures.values()]
+            for c in configs:
+                tracker.log_artifacts(c.config_id, files, "report")
+        except Exception as e:  # any MLflow, database or network error: the report itself is written
+            uri = tracking_uri or resolve_tracking_uri(exp.dir, exp.config)
+            raise TrackingError(f"{md} is written, but logging to MLflow at {redact(uri)} failed ({type(e).__name__}: "
+                                f"{redact(str(e).strip().splitlines()[0][:300] if str(e).strip() else '')}); run "
+                                f"`ptray report {exp.dir}` again once it answers, or pass --no-mlflow") from e
     return md
 
 
