@@ -133,8 +133,9 @@ def warn_tracking_failed(uri: str, experiment_dir: str | Path, error: str) -> No
     """One warning line, in the run's log (sys.stderr: DIR/logs/ray.log while `ptray tune` sends Ray's output there)
     and on the console."""
     first = error.strip().splitlines()[0][:300] if error.strip() else "unknown error"
-    text = (f"warning: MLflow tracking at {redact(uri)} failed ({redact(first)}); the sweep goes on without it, every "
-            f"seed's result.json is the record: `ptray report {experiment_dir}` logs them to MLflow once it works")
+    text = (f"warning: MLflow tracking at {redact(uri)} failed ({redact(first)}); training goes on and nothing is "
+            f"lost: every seed's result.json is the record, and `ptray report {experiment_dir}` logs them to MLflow "
+            "once it works")
     print(text, file=sys.stderr, flush=True)
     if sys.stderr is not sys.__stderr__:
         print(text, file=sys.__stderr__, flush=True)
