@@ -1,9 +1,10 @@
 """Faults and hostile folders, injected for real where they can be (docs/reliability.md, "Faults and security").
 
 Fast tests on synthetic experiment folders (result.json files written here, no training): an output folder with an
-apostrophe in its path, `ptray report` while another process owns the folder, a failed seed that later succeeds,
-credentials in URIs, a tampered experiment.json. The Ray-starting tests (a dead tracking server, a store corrupted
-mid-sweep, Ray's listening sockets) are marked slow.
+apostrophe in its path, `ptray report` while another process owns the folder or with its server gone, a failed seed
+that later succeeds, credentials in URIs, a tampered experiment.json, a planted searcher-state pickle. Marked slow
+(they start Ray or train): a dead tracking server and a store corrupted mid-sweep, Ray's listening sockets, a planted
+checkpoint pickle.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 from conftest import REPO
 from ptray.layout import config_id, label, owner, redact, run_dir, write_json
 from test_tracking import check_mlflow_structure
+from tune_util import ptray_cmd, results, run_ptray, write_config
 
 A = {"method.num_tokens": 4}
 B = {"method.num_tokens": 8}
@@ -56,11 +58,6 @@ def _runs(uri: str, name: str) -> dict:
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     return {(r.data.tags["ptray.config_id"], int(r.data.tags["ptray.seed"]) if "ptray.seed" in r.data.tags else None): r
             for r in runs}
-
-
-def _ptray(*args, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ptray.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, env={**os.environ, **env}, timeout=600)
 
 
 # --- MLflow queries and an apostrophe in the output path ------------------------------------------------------------
@@ -110,7 +107,7 @@ def test_report_during_a_sweep_says_running_and_changes_no_run_status(owned):
             tracker.child(config_id(o), s, label(o), o)
     uri = tracker.uri
 
-    p = _ptray("report", root)
+    p = run_ptray("report", root)
     assert p.returncode == 0, p.stderr[-3000:]
     assert f"4 seed(s) still running (ptray tune PID {pid} owns the folder)" in p.stdout
     report = (root / "report" / "report.md").read_text()
@@ -205,7 +202,7 @@ def test_report_with_its_tracking_server_gone_writes_the_report_and_says_so(tmp_
         for s in SEEDS:
             _file(root, o, s)
     # The user's own setting: MLflow's client retries a refused connection for minutes by default.
-    p = _ptray("report", root, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+    p = run_ptray("report", root, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
     assert p.stderr.startswith(f"error: {root / 'report' / 'report.md'} is written, but logging to MLflow at "
                                f"http://127.0.0.1:{port} failed")  # read back without its credentials
@@ -219,7 +216,7 @@ def test_report_refuses_a_config_id_that_leads_out_of_the_folder(tmp_path):
     meta = json.loads((root / "experiment.json").read_text())
     meta["configs"]["../../../outside"] = {"overrides": A, "label": "tampered"}
     (root / "experiment.json").write_text(json.dumps(meta))
-    p = _ptray("report", root, "--no-mlflow")
+    p = run_ptray("report", root, "--no-mlflow")
     assert p.returncode == 2
     assert p.stderr.startswith("error: '../../../outside' would lead out of") and "Traceback" not in p.stderr
     assert not (tmp_path / "outside").exists() and not list(tmp_path.parent.glob("outside*"))
@@ -230,7 +227,7 @@ def test_owner_is_none_for_a_lock_left_by_a_dead_process(tmp_path):
     (root / ".ptray.lock").write_text("999999\n")  # a killed run's file, its lock long released by the OS
     assert owner(root) is None
     t0 = time.time()
-    p = _ptray("report", root, "--no-mlflow")
+    p = run_ptray("report", root, "--no-mlflow")
     assert p.returncode == 0 and "still running" not in p.stdout, p.stderr[-2000:]
     assert time.time() - t0 < 120
 
@@ -259,7 +256,7 @@ def test_resume_loads_no_pickle_without_trust(data_dir, tmp_path):
     state = root / "ray" / "search" / "searcher-state-2026-01-01.pkl"
     state.parent.mkdir(parents=True)
     state.write_bytes(pickle.dumps(_Payload(marker)))
-    p = _ptray("tune", "--resume", root)
+    p = run_ptray("tune", "--resume", root)
     assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
     assert p.stderr.startswith(f"error: --resume {root}: {state} would be loaded") and "--trust`" in p.stderr
     assert not marker.exists()
@@ -310,8 +307,6 @@ def test_a_tracking_server_that_is_gone_stops_no_seed_and_leaks_no_credential(da
     """tracking.uri names a server (with credentials) that does not answer: every seed still trains and files its
     result.json, one warning says so, nothing ptray writes holds the password; once the server is back, `ptray report`
     logs every seed there."""
-    from tune_util import results, run_ptray, write_config
-
     port, secret = _free_port(), "hunter2"
     config = write_config(tmp_path / "gone.yaml", data_dir, {"seeds": [0, 1, 2], "max_concurrent": 1},
                           tracking={"uri": f"http://alice:{secret}@127.0.0.1:{port}"})
@@ -328,7 +323,7 @@ def test_a_tracking_server_that_is_gone_stops_no_seed_and_leaks_no_credential(da
     assert not leaks and secret not in p.stdout + p.stderr
 
     server = mlflow_server(port, tmp_path / "server")
-    r = _ptray("report", out)
+    r = run_ptray("report", out)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     [cid] = {c for c, _ in found}
     runs = check_mlflow_structure(server, "gone", {cid: [0, 1, 2]})
@@ -340,8 +335,6 @@ def test_a_store_corrupted_mid_sweep_in_a_folder_with_a_quote_stops_no_seed(data
     """The folder's own mlflow.db is overwritten with garbage once the first seed is filed, in an output folder whose
     path holds an apostrophe: every seed still trains and files its result.json, and `ptray report` has them all in
     MLflow."""
-    from tune_util import ptray_cmd, results, write_config
-
     config = write_config(tmp_path / "corrupt.yaml", data_dir, {"seeds": [0, 1, 2], "max_concurrent": 1})
     out = tmp_path / "it's" / "exp"
     run = subprocess.Popen(ptray_cmd("tune", config, "--output", out), cwd=REPO, text=True,
@@ -364,7 +357,7 @@ def test_a_store_corrupted_mid_sweep_in_a_folder_with_a_quote_stops_no_seed(data
     assert "could not be opened" in (out / "logs" / "ray.log").read_text()
     assert "warning: MLflow tracking" not in output
 
-    r = _ptray("report", out)
+    r = run_ptray("report", out)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     [cid] = {c for c, _ in found}
     check_mlflow_structure(f"sqlite:///{db}", "corrupt", {cid: [0, 1, 2]})
