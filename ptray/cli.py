@@ -91,10 +91,14 @@ def cmd_report(args) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from ptray.analysis.report import write_report
+    from ptray.analysis.report import TrackingError, write_report
     from ptray.tracking.summary import print_summary
 
-    md = write_report(args.dir, baseline=args.baseline, log_mlflow=not args.no_mlflow)
+    try:
+        md = write_report(args.dir, baseline=args.baseline, log_mlflow=not args.no_mlflow)
+    except TrackingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print_summary(args.dir)
     print(f"report: {md}")
     return 0
@@ -173,7 +177,8 @@ def cmd_export(args) -> int:
 def cmd_tune(args) -> int:
     from ptray.distributed.runner import run_experiment
 
-    return run_experiment(args.config, args.output, args.overrides, args.address, args.resume, args.verbose)
+    return run_experiment(args.config, args.output, args.overrides, args.address, args.resume, args.verbose,
+                          args.trust)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster to join (host:port or ray://host:port; default $RAY_ADDRESS, "
                                      "else a local Ray in this process)")
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted experiment in DIR")
+    p.add_argument("--trust", action="store_true",
+                   help="let --resume load Tune's saved state from DIR: Python pickles, which run any code they hold; "
+                        "only for a folder you trust")
     p.add_argument("--verbose", action="store_true",
                    help="show Ray's own status tables and the trials' log lines (by default in DIR/logs/ and Ray's "
                         "session logs) instead of ptray's live view")

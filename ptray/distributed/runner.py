@@ -30,24 +30,28 @@ from ptray.distributed.progress import LiveView
 from ptray.distributed.search import ListSearcher, SearchPlan, selection_score, trial_config
 from ptray.distributed.trial import ResultWriter, TrialSpec, run_trial, seeds_of
 from ptray.layout import (CONFIRM_DIR, EXPERIMENT_FILE, LOCK_FILE, LOG_DIR, RAY_DIR, RESULT_FILE, config_id, label,
-                          read_experiment_json, run_dir, write_json)
+                          read_experiment_json, redact, run_dir, without_redacted, write_json)
 
 INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C
 
 
 def run_experiment(config: str | Path | None = None, output: str | Path | None = None, overrides: list[str] = (),
-                   address: str | None = None, resume: str | Path | None = None, verbose: bool = False) -> int:
+                   address: str | None = None, resume: str | Path | None = None, verbose: bool = False,
+                   trust: bool = False) -> int:
     """Run (or continue) an experiment; returns the process exit code (0, or INTERRUPTED). The console shows
-    ptray's live view of the seeds; Ray's own output goes to DIR/logs/ (and to the console too with `verbose`)."""
+    ptray's live view of the seeds; Ray's own output goes to DIR/logs/ (and to the console too with `verbose`).
+    `trust`: a resume may load Tune's saved state (`check_trusted`)."""
     if resume is None and config is None:
         raise ConfigError("ptray tune needs a config file (or --resume DIR)")
     exp_dir = Path(resume) if resume is not None else Path(output or Path("outputs") / Path(config).stem)
     with owning(exp_dir):
-        return _run(exp_dir, config, list(overrides), address, resume, verbose)
+        return _run(exp_dir, config, list(overrides), address, resume, verbose, trust)
 
 
-def _run(exp_dir: Path, config, overrides: list[str], address, resume, verbose: bool) -> int:
+def _run(exp_dir: Path, config, overrides: list[str], address, resume, verbose: bool, trust: bool) -> int:
     exp_dir, cfg = _experiment(exp_dir, config, overrides, resume)
+    if resume is not None and not trust:
+        check_trusted(exp_dir, cfg.tune.storage_path if cfg.tune else None)
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         check_reachable(address)
@@ -64,8 +68,12 @@ def _run(exp_dir: Path, config, overrides: list[str], address, resume, verbose: 
             if resume is None:
                 _write_experiment(exp_dir, plan, plan.tune.name, plan.seeds, _known_configs(plan),
                                   plan.baseline_config_id())
-            storage = plan.tune.storage_path or str((exp_dir / RAY_DIR).resolve())
-            spec = TrialSpec(base=plan.base, keys=plan.keys, workers=plan.tune.resources.workers,
+            # Read back from experiment.json, a storage URI has no credentials: its client takes them from the
+            # environment.
+            storage = without_redacted(plan.tune.storage_path or str((exp_dir / RAY_DIR).resolve()))
+            # Trials need no credential (only the driver logs to MLflow), and Tune saves the spec with its state.
+            trial_base = json.loads(redact(json.dumps(plan.base)))
+            spec = TrialSpec(base=trial_base, keys=plan.keys, workers=plan.tune.resources.workers,
                              cpus_per_worker=plan.tune.resources.cpus_per_worker,
                              gpus_per_worker=plan.tune.resources.gpus_per_worker,
                              train_storage=f"{storage.rstrip('/')}/train",
@@ -84,7 +92,8 @@ def _run(exp_dir: Path, config, overrides: list[str], address, resume, verbose: 
                 ray.shutdown()  # before the table, so the trials' last log lines do not print after it
     runner.log_and_print()
     if not finished:
-        print(f"interrupted; continue with: ptray tune --resume {exp_dir}")
+        # --trust: the state to load is the one this run has just written.
+        print(f"interrupted; continue with: ptray tune --resume {exp_dir} --trust")
         return INTERRUPTED
     return 0
 
@@ -142,6 +151,23 @@ def _experiment(exp_dir: Path, config, overrides, resume) -> tuple[Path, Experim
     return exp_dir, cfg
 
 
+def check_trusted(exp_dir: Path, storage_path: str | None) -> None:
+    """Refuse a resume that would load Tune's saved state without the user's --trust. Tune restores an experiment
+    from Python pickles (tuner.pkl, searcher-state-*.pkl, the trials in its state files; DeepSpeed's checkpoints are
+    torch pickles too), and loading a pickle runs whatever code it holds: a folder from elsewhere could run anything.
+    Remote storage cannot be looked into cheaply, so it always asks."""
+    if storage_path and "://" in storage_path:
+        found = f"Tune's saved state in {redact(storage_path)}"
+    else:
+        pickles = sorted(Path(storage_path or exp_dir / RAY_DIR).rglob("*.pkl"))
+        if not pickles:
+            return  # no Tune state yet: nothing is loaded
+        found = f"{pickles[0]}" + (f" and {len(pickles) - 1} more Python pickles" if len(pickles) > 1 else "")
+    raise ConfigError(f"--resume {exp_dir}: {found} would be loaded, and loading a pickle runs any code it holds; "
+                      f"continue only a folder you trust (one your own ptray tune wrote), with "
+                      f"`ptray tune --resume {exp_dir} --trust`")
+
+
 def _absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
     """Trials run in their own folders: make relative file paths of the config absolute, here (task.data_dir
     already is)."""
@@ -182,13 +208,38 @@ def connect(address: str | None, verbose: bool = False) -> bool:
 
     quiet = {} if verbose else {"log_to_driver": False}
     if not address:
-        ray.init(include_dashboard=False, **quiet)  # as many CPUs as this machine has: trials are sized against them
+        with _loopback_only():
+            # As many CPUs as this machine has: trials are sized against them.
+            ray.init(include_dashboard=False, **quiet)
         return True
     try:
         ray.init(address=address, **quiet)
     except ConnectionError as e:  # something answered the knock, but no Ray cluster
         raise _unreachable(address, e) from None
     return False
+
+
+@contextmanager
+def _loopback_only():
+    """A Ray started here for this machine alone listens on 127.0.0.1 only. On Linux, Ray gives a node the machine's
+    network address and binds its servers (GCS, raylet, workers, agents, the metrics endpoint that answers anyone) on
+    every interface; `ray.init(_node_ip_address="127.0.0.1")` is turned back into that address. Ray's switch for a
+    single-machine Ray (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, its default on macOS and Windows) makes the node
+    127.0.0.1: Ray's processes, started inside this block, inherit the variable; the driver reads it when Ray is
+    imported, hence the module constant too. Both are restored after, so a later join of a cluster is unchanged."""
+    from ray._private import ray_constants
+
+    saved = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR)
+        else:
+            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved[0]
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
 
 
 @contextmanager
@@ -443,10 +494,14 @@ class _Runner:
 
     def log_and_print(self) -> None:
         from ptray.analysis.report import log_experiment
+        from ptray.distributed.mlflow_callback import warn_tracking_failed
         from ptray.tracking.summary import print_summary
 
         for d in (self.dir, self.confirm_dir):
             if (d / EXPERIMENT_FILE).is_file():
-                log_experiment(d, self.tracking_uri)
+                try:
+                    log_experiment(d, self.tracking_uri)
+                except Exception as e:  # tracking is best-effort here too: the table comes from result.json
+                    warn_tracking_failed(self.tracking_uri, d, f"logging the folder: {type(e).__name__}: {e}")
                 print()
                 print_summary(d)
