@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from ptray.config_base import ConfigError
+
 EXPERIMENT_FILE = "experiment.json"
 RUNS_DIR = "runs"
 RESULT_FILE = "result.json"
@@ -72,7 +74,27 @@ def read_experiment_json(experiment_dir: str | Path) -> dict:
             f"{experiment_dir} is not a ptray experiment folder: {EXPERIMENT_FILE} is missing; "
             f"pass the folder that `ptray tune` wrote (its --output)"
         )
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise ConfigError(f"{path} is not valid JSON ({e}); it records the experiment (config, seeds, configs), so "
+                          "restore it from a copy, or run the experiment again into another --output") from None
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{path} holds a JSON {type(meta).__name__}, not the experiment's record (an object); "
+                          "restore it from a copy, or run the experiment again into another --output")
+    return meta
+
+
+def check_output_dir(path: str | Path) -> None:
+    """Refuse an output folder that cannot be written before anything runs, so no result is lost at the end: a file
+    where the folder (or one of its parents) should be, or a folder this user may not write into."""
+    path = Path(path)
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"output folder {path}: {existing} is a file, not a folder; choose another output folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output folder {path}: {existing} is not writable by this user; choose another output "
+                          "folder, or make it writable")
 
 
 def write_json(path: str | Path, data: Any) -> None:

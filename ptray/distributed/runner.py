@@ -29,8 +29,8 @@ from ptray.config import ConfigError, ExperimentConfig, TuneConfig, config_from_
 from ptray.distributed.progress import LiveView
 from ptray.distributed.search import ListSearcher, SearchPlan, selection_score, trial_config
 from ptray.distributed.trial import ResultWriter, TrialSpec, run_trial, seeds_of
-from ptray.layout import (CONFIRM_DIR, EXPERIMENT_FILE, LOCK_FILE, LOG_DIR, RAY_DIR, RESULT_FILE, config_id, label,
-                          read_experiment_json, run_dir, write_json)
+from ptray.layout import (CONFIRM_DIR, EXPERIMENT_FILE, LOCK_FILE, LOG_DIR, RAY_DIR, RESULT_FILE, check_output_dir,
+                          config_id, label, read_experiment_json, run_dir, write_json)
 
 INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C
 
@@ -42,6 +42,7 @@ def run_experiment(config: str | Path | None = None, output: str | Path | None =
     if resume is None and config is None:
         raise ConfigError("ptray tune needs a config file (or --resume DIR)")
     exp_dir = Path(resume) if resume is not None else Path(output or Path("outputs") / Path(config).stem)
+    check_output_dir(exp_dir)
     with owning(exp_dir):
         return _run(exp_dir, config, list(overrides), address, resume, verbose)
 
@@ -51,6 +52,8 @@ def _run(exp_dir: Path, config, overrides: list[str], address, resume, verbose: 
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         check_reachable(address)
+    else:
+        check_machine(cfg.tune or TuneConfig())
     from ptray.core.train import prepare  # the core's cheap checks (data files, prompt length), before any Ray
 
     cfg = _absolute_paths(cfg)
@@ -131,7 +134,11 @@ def _experiment(exp_dir: Path, config, overrides, resume) -> tuple[Path, Experim
         if config is not None or overrides:
             raise ConfigError("--resume continues an experiment exactly as it started: give only the folder "
                               f"(its config is in {meta_path})")
-        return exp_dir, config_from_dict(json.loads(meta_path.read_text())["config"], str(meta_path))
+        config = read_experiment_json(exp_dir).get("config")
+        if not isinstance(config, dict):
+            raise ConfigError(f"{meta_path} holds no experiment config (its \"config\" key); restore the file from a "
+                              "copy, or run the experiment again into another --output")
+        return exp_dir, config_from_dict(config, str(meta_path))
     cfg = load_config(config, overrides)
     if (exp_dir / EXPERIMENT_FILE).exists():
         raise ConfigError(f"{exp_dir} already holds an experiment: continue it with `ptray tune --resume {exp_dir}` "
@@ -234,27 +241,52 @@ def _unreachable(address: str, reason: Exception) -> ConfigError:
                        "cluster.yaml`), fix --address / RAY_ADDRESS, or leave both unset to run on a local Ray")
 
 
+def _demand(tune_cfg: TuneConfig) -> tuple[dict[str, float], dict[str, float]]:
+    """What one trial reserves in all, and what each of its workers needs on one node."""
+    r = tune_cfg.resources
+    worker = {"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker}
+    trial = dict(worker) if r.workers == 1 else {"CPU": 0.01 + r.workers * r.cpus_per_worker,
+                                                  "GPU": r.workers * r.gpus_per_worker}
+    return trial, worker
+
+
+def _refuse_oversized(tune_cfg: TuneConfig, total: dict[str, float], largest: dict[str, float], where: str) -> None:
+    trial, worker = _demand(tune_cfg)
+    if any(v > total.get(k, 0) for k, v in trial.items()) or any(v > largest.get(k, 0) for k, v in worker.items()):
+        r = tune_cfg.resources
+        raise ConfigError(
+            f"tune.resources asks for {r.workers} worker(s) x ({r.cpus_per_worker} CPU, {r.gpus_per_worker} GPU) per "
+            f"trial, {_fmt(trial)} in all, but {where} has at most {_fmt({k: total.get(k, 0) for k in worker})}"
+            + ("" if largest == total else f" and its largest node {_fmt({k: largest.get(k, 0) for k in worker})}")
+            + ": no trial could ever start. Lower tune.resources.workers / cpus_per_worker / gpus_per_worker, or add "
+            "nodes")
+
+
+def check_machine(tune_cfg: TuneConfig) -> None:
+    """Before a local Ray starts (it gets this machine's CPUs and GPUs): refuse a trial that could never start here,
+    in a second instead of after Ray's start-up."""
+    gpus = 0
+    if tune_cfg.resources.gpus_per_worker > 0:  # torch (slow to import) only when GPUs are asked for
+        import torch
+
+        gpus = torch.cuda.device_count()
+    machine = {"CPU": os.cpu_count() or 1, "GPU": gpus}
+    _refuse_oversized(tune_cfg, machine, machine, "this machine (a local Ray)")
+
+
 def check_capacity(tune_cfg: TuneConfig) -> int:
     """Refuse a trial the cluster can never hold (it would wait forever); return how many fit at once."""
     import ray
     from ray._private.state import state  # what an autoscaling cluster can grow to; Ray Train checks the same
 
-    r = tune_cfg.resources
-    worker = {"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker}
-    trial = dict(worker) if r.workers == 1 else {"CPU": 0.01 + r.workers * r.cpus_per_worker,
-                                                  "GPU": r.workers * r.gpus_per_worker}
     total = state.get_max_resources_from_cluster_config() or ray.cluster_resources()
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     config = state.get_cluster_config()
     if config is not None:
         nodes += [dict(g.resources) for g in config.node_group_configs]
-    largest = {k: max(n.get(k, 0) for n in nodes) for k in worker}
-    if any(v > total.get(k, 0) for k, v in trial.items()) or any(v > largest[k] for k, v in worker.items()):
-        raise ConfigError(
-            f"tune.resources asks for {r.workers} worker(s) x ({r.cpus_per_worker} CPU, {r.gpus_per_worker} GPU) per "
-            f"trial, {_fmt(trial)} in all, but this cluster has at most {_fmt({k: total.get(k, 0) for k in worker})} "
-            f"and its largest node {_fmt(largest)}: no trial could ever start. Lower tune.resources.workers / "
-            "cpus_per_worker / gpus_per_worker, or add nodes")
+    largest = {k: max(n.get(k, 0) for n in nodes) for k in ("CPU", "GPU")}
+    _refuse_oversized(tune_cfg, total, largest, "this cluster")
+    trial, _ = _demand(tune_cfg)
     at_once = min(int(total.get(k, 0) // v) for k, v in trial.items() if v > 0)
     return min(at_once, tune_cfg.max_concurrent or at_once)
 
