@@ -514,11 +514,15 @@ class ExperimentConfig(Strict):
         return self.model_dump(mode="json", serialize_as_any=True)
 
 
+# Pydantic's words for an error, where they do not say the fix.
+_FIXES = {"finite_number": "inf and NaN are not values here; give a finite number"}
+
+
 def _format_error(err: ValidationError, source: str) -> str:
     problems = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
-        msg = e["msg"].removeprefix("Value error, ")
+        msg = _FIXES.get(e["type"], e["msg"].removeprefix("Value error, "))
         given = e.get("input")
         shown = "" if isinstance(given, dict) or e["type"] in ("unknown_key", "missing") else f" (got {given!r})"
         problems.append(f"{key}: {msg}{shown}" if key else f"{msg}{shown}")

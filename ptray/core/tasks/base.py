@@ -166,7 +166,7 @@ def read_table(path: Path) -> list[tuple[int, dict]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}:{n}: not a JSON object ({e.msg} at column {e.colno}); "
+                raise ConfigError(f"{path}:{n}: not a JSON object ({e.msg}, column {e.colno}); "
                                   "expected one JSON object per line") from None
             if not isinstance(row, dict):
                 raise ConfigError(f"{path}:{n}: a JSON {type(row).__name__}, expected one JSON object per line")
