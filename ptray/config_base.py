@@ -39,8 +39,9 @@ class Strict(BaseModel):
         booleans = [k for k, v in data.items() if _has_bool(v) and not _admits_bool(fields[k].annotation)]
         if booleans:
             raise ValidationError.from_exception_data(cls.__name__, [
-                {"type": PydanticCustomError("boolean", "a boolean where a number or text is expected; write the "
-                                                        "value itself (e.g. 16, not true)"),
+                {"type": PydanticCustomError("boolean", "a boolean where a number or text is expected (YAML reads "
+                                                        "true/false, yes/no, on/off as booleans); write the number, "
+                                                        "or quote the text (e.g. 'yes')"),
                  "loc": (k,), "input": data[k]} for k in booleans])
         return data
 
