@@ -162,9 +162,9 @@ class TrainConfig(Strict):
     # Sources of seed variance with their own seeds, so one can vary while the others hold (Dodge et al. 2020 separate
     # initialisation and data order); task.sample_seed is the third source. See ExperimentConfig.source_seeds.
     init_seed: Seed | None = Field(None, description="Seed of the initialisation: the prompt and the head. Unset: "
-                                                    "train.seed.")
+                                                     "train.seed.")
     order_seed: Seed | None = Field(None, description="Seed of the data order and the noise of training (dropout, "
-                                                     "Gumbel draws, PTP perturbations). Unset: train.seed.")
+                                                      "Gumbel draws, PTP perturbations). Unset: train.seed.")
     seed_pack: int = Field(1, ge=1, description="Train this many seeds of a config together through one pass of "
                                                 "the shared frozen backbone (ptray tune groups seeds by it); each "
                                                 "keeps its own prompt, optimizer state, data order and result.")
@@ -256,7 +256,7 @@ class TuneConfirm(Strict):
 
     top_k: int = Field(1, ge=1, description="How many of the search's best configs are re-run.")
     seeds: list[Seed] | None = Field(None, description="The fresh seeds. Unset: num_seeds seeds after the search's "
-                                                      "largest.")
+                                                       "largest.")
     num_seeds: int | None = Field(None, ge=1, description="How many fresh seeds when seeds is unset. Unset: 5.")
 
 
