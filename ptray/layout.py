@@ -23,6 +23,7 @@ import copy
 import hashlib
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,32 @@ def run_dir(experiment_dir: str | Path, config_id: str, seed: int) -> Path:
 def result_files(experiment_dir: str | Path, config_id: str) -> list[Path]:
     """Every result.json of a config's seeds on disk."""
     return sorted((Path(experiment_dir) / RUNS_DIR / config_id).glob(f"{seed_dir('*')}/{RESULT_FILE}"))
+
+
+def result_problem(path: str | Path) -> str | None:
+    """Why a result.json is not a seed's record (unreadable, not JSON, not an object with its seed and status), or
+    None when it is one. A full disk or a killed copy truncates; a hand edit or another tool may write anything."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        return f"unreadable: {e}"
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not a seed's record (an object)"
+    missing = [k for k in ("seed", "status") if k not in record]
+    if missing:
+        return f"no {' and no '.join(map(repr, missing))} key, so not a seed's record"
+    if str(record["seed"]) != str(seed_of_dir(Path(path).parent)):
+        return f"records seed {record['seed']!r} but lies in {Path(path).parent.name}/"
+    return None
+
+
+def set_aside(path: str | Path, why: str) -> Path:
+    """Move a file or folder that cannot be used out of the way, under a name nothing reads (<name>.<why>-<time>),
+    kept for inspection; returns the new path."""
+    path = Path(path)
+    aside = path.with_name(f"{path.name}.{why}-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, aside)
+    return aside
 
 
 def read_experiment_json(experiment_dir: str | Path) -> dict:
