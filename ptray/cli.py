@@ -21,7 +21,7 @@ def cmd_train(args) -> int:
 
     from ptray.config import load_config
     from ptray.core.train import prepare, train
-    from ptray.layout import EXPERIMENT_FILE, RESULT_FILE
+    from ptray.layout import EXPERIMENT_FILE, RESULT_FILE, check_output_dir
 
     overrides = list(args.overrides)
     if args.seed is not None:
@@ -38,6 +38,7 @@ def cmd_train(args) -> int:
         raise SystemExit(
             f"error: {existing} already holds a finished result; pass --overwrite to replace it or --output to write elsewhere"
         )
+    check_output_dir(out)
     prepared = prepare(cfg)
     # ptray's own log lines (the resolved config at the start) on stderr, beside the progress bar.
     logging.basicConfig(format="%(message)s")
@@ -181,6 +182,12 @@ def cmd_tune(args) -> int:
                           args.trust)
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port; give a number from 1 to 65535")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptray", description="Seed-robust prompt tuning of frozen language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -225,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ui", help="start the MLflow UI for an experiment folder's store on 127.0.0.1")
     p.add_argument("dir", help="experiment folder")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=_port, default=5000, help="port on 127.0.0.1 (1-65535; default 5000)")
     p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("landscape", help="loss surface around a trained prompt (PNG + JSON in RESULT_DIR/landscape)")

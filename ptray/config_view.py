@@ -7,7 +7,7 @@ import json
 import textwrap
 import types
 from dataclasses import dataclass
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel
@@ -164,6 +164,8 @@ def _type(a) -> str:
     origin, args = get_origin(a), get_args(a)
     if a is type(None):
         return "null"
+    if origin is Annotated:  # a constrained type (ptray.config.Seed): shown as the type it constrains
+        return _type(args[0])
     if origin is Literal:
         return " \\| ".join(_show(x) for x in args)
     if origin in (Union, types.UnionType):

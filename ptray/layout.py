@@ -30,11 +30,14 @@ import hashlib
 import json
 import os
 import re
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ptray.config_base import ConfigError
 
 EXPERIMENT_FILE = "experiment.json"
 RUNS_DIR = "runs"
@@ -103,6 +106,32 @@ def owner(experiment_dir: str | Path) -> str | None:
         return None
 
 
+def result_problem(path: str | Path) -> str | None:
+    """Why a result.json is not a seed's record (unreadable, not JSON, not an object with its seed and status), or
+    None when it is one. A full disk or a killed copy truncates; a hand edit or another tool may write anything."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        return f"unreadable: {e}"
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not a seed's record (an object)"
+    missing = [k for k in ("seed", "status") if k not in record]
+    if missing:
+        return f"no {' and no '.join(map(repr, missing))} key, so not a seed's record"
+    if str(record["seed"]) != str(seed_of_dir(Path(path).parent)):
+        return f"records seed {record['seed']!r} but lies in {Path(path).parent.name}/"
+    return None
+
+
+def set_aside(path: str | Path, why: str) -> Path:
+    """Move a file or folder that cannot be used out of the way, under a name nothing reads (<name>.<why>-<time>),
+    kept for inspection; returns the new path."""
+    path = Path(path)
+    aside = path.with_name(f"{path.name}.{why}-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, aside)
+    return aside
+
+
 def read_experiment_json(experiment_dir: str | Path) -> dict:
     path = Path(experiment_dir) / EXPERIMENT_FILE
     if not path.is_file():
@@ -110,7 +139,27 @@ def read_experiment_json(experiment_dir: str | Path) -> dict:
             f"{experiment_dir} is not a ptray experiment folder: {EXPERIMENT_FILE} is missing; "
             f"pass the folder that `ptray tune` wrote (its --output)"
         )
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise ConfigError(f"{path} is not valid JSON ({e}); it records the experiment (config, seeds, configs), so "
+                          "restore it from a copy, or run the experiment again into another --output") from None
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{path} holds a JSON {type(meta).__name__}, not the experiment's record (an object); "
+                          "restore it from a copy, or run the experiment again into another --output")
+    return meta
+
+
+def check_output_dir(path: str | Path) -> None:
+    """Refuse an output folder that cannot be written before anything runs, so no result is lost at the end: a file
+    where the folder (or one of its parents) should be, or a folder this user may not write into."""
+    path = Path(path)
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"output folder {path}: {existing} is a file, not a folder; choose another output folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output folder {path}: {existing} is not writable by this user; choose another output "
+                          "folder, or make it writable")
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pickletools
 import shutil
 import signal
 import socket
@@ -29,8 +30,9 @@ from ptray.config import ConfigError, ExperimentConfig, TuneConfig, config_from_
 from ptray.distributed.progress import LiveView
 from ptray.distributed.search import ListSearcher, SearchPlan, selection_score, trial_config
 from ptray.distributed.trial import ResultWriter, TrialSpec, run_trial, seeds_of
-from ptray.layout import (CONFIRM_DIR, EXPERIMENT_FILE, LOCK_FILE, LOG_DIR, RAY_DIR, RESULT_FILE, config_id, label,
-                          read_experiment_json, redact, run_dir, without_redacted, write_json)
+from ptray.layout import (CONFIRM_DIR, EXPERIMENT_FILE, LOCK_FILE, LOG_DIR, RAY_DIR, RESULT_FILE, RUNS_DIR,
+                          check_output_dir, config_id, label, read_experiment_json, redact, result_problem, run_dir,
+                          seed_dir, seed_of_dir, set_aside, without_redacted, write_json)
 
 INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C
 
@@ -44,6 +46,7 @@ def run_experiment(config: str | Path | None = None, output: str | Path | None =
     if resume is None and config is None:
         raise ConfigError("ptray tune needs a config file (or --resume DIR)")
     exp_dir = Path(resume) if resume is not None else Path(output or Path("outputs") / Path(config).stem)
+    check_output_dir(exp_dir)
     with owning(exp_dir):
         return _run(exp_dir, config, list(overrides), address, resume, verbose, trust)
 
@@ -55,11 +58,16 @@ def _run(exp_dir: Path, config, overrides: list[str], address, resume, verbose: 
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         check_reachable(address)
+    else:
+        check_machine(cfg.tune or TuneConfig())
     from ptray.core.train import prepare  # the core's cheap checks (data files, prompt length), before any Ray
 
     cfg = _absolute_paths(cfg)
     prepared = prepare(cfg)
     plan = SearchPlan(cfg, prepared.task.primary_metric)
+    storage = plan.tune.storage_path or str((exp_dir / RAY_DIR).resolve())
+    if resume is not None:
+        repair_results(exp_dir, storage)
     console = sys.stdout  # ptray's live view; Ray's own prints go to DIR/logs/ray.log unless verbose
     with _logs_to(exp_dir / LOG_DIR / "ray.log", enabled=not verbose):
         started = connect(address, verbose)
@@ -140,7 +148,11 @@ def _experiment(exp_dir: Path, config, overrides, resume) -> tuple[Path, Experim
         if config is not None or overrides:
             raise ConfigError("--resume continues an experiment exactly as it started: give only the folder "
                               f"(its config is in {meta_path})")
-        return exp_dir, config_from_dict(json.loads(meta_path.read_text())["config"], str(meta_path))
+        config = read_experiment_json(exp_dir).get("config")
+        if not isinstance(config, dict):
+            raise ConfigError(f"{meta_path} holds no experiment config (its \"config\" key); restore the file from a "
+                              "copy, or run the experiment again into another --output")
+        return exp_dir, config_from_dict(config, str(meta_path))
     cfg = load_config(config, overrides)
     if (exp_dir / EXPERIMENT_FILE).exists():
         raise ConfigError(f"{exp_dir} already holds an experiment: continue it with `ptray tune --resume {exp_dir}` "
@@ -285,27 +297,52 @@ def _unreachable(address: str, reason: Exception) -> ConfigError:
                        "cluster.yaml`), fix --address / RAY_ADDRESS, or leave both unset to run on a local Ray")
 
 
+def _demand(tune_cfg: TuneConfig) -> tuple[dict[str, float], dict[str, float]]:
+    """What one trial reserves in all, and what each of its workers needs on one node."""
+    r = tune_cfg.resources
+    worker = {"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker}
+    trial = dict(worker) if r.workers == 1 else {"CPU": 0.01 + r.workers * r.cpus_per_worker,
+                                                  "GPU": r.workers * r.gpus_per_worker}
+    return trial, worker
+
+
+def _refuse_oversized(tune_cfg: TuneConfig, total: dict[str, float], largest: dict[str, float], where: str) -> None:
+    trial, worker = _demand(tune_cfg)
+    if any(v > total.get(k, 0) for k, v in trial.items()) or any(v > largest.get(k, 0) for k, v in worker.items()):
+        r = tune_cfg.resources
+        raise ConfigError(
+            f"tune.resources asks for {r.workers} worker(s) x ({r.cpus_per_worker} CPU, {r.gpus_per_worker} GPU) per "
+            f"trial, {_fmt(trial)} in all, but {where} has at most {_fmt({k: total.get(k, 0) for k in worker})}"
+            + ("" if largest == total else f" and its largest node {_fmt({k: largest.get(k, 0) for k in worker})}")
+            + ": no trial could ever start. Lower tune.resources.workers / cpus_per_worker / gpus_per_worker, or add "
+            "nodes")
+
+
+def check_machine(tune_cfg: TuneConfig) -> None:
+    """Before a local Ray starts (it gets this machine's CPUs and GPUs): refuse a trial that could never start here,
+    in a second instead of after Ray's start-up."""
+    gpus = 0
+    if tune_cfg.resources.gpus_per_worker > 0:  # torch (slow to import) only when GPUs are asked for
+        import torch
+
+        gpus = torch.cuda.device_count()
+    machine = {"CPU": os.cpu_count() or 1, "GPU": gpus}
+    _refuse_oversized(tune_cfg, machine, machine, "this machine (a local Ray)")
+
+
 def check_capacity(tune_cfg: TuneConfig) -> int:
     """Refuse a trial the cluster can never hold (it would wait forever); return how many fit at once."""
     import ray
     from ray._private.state import state  # what an autoscaling cluster can grow to; Ray Train checks the same
 
-    r = tune_cfg.resources
-    worker = {"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker}
-    trial = dict(worker) if r.workers == 1 else {"CPU": 0.01 + r.workers * r.cpus_per_worker,
-                                                  "GPU": r.workers * r.gpus_per_worker}
     total = state.get_max_resources_from_cluster_config() or ray.cluster_resources()
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     config = state.get_cluster_config()
     if config is not None:
         nodes += [dict(g.resources) for g in config.node_group_configs]
-    largest = {k: max(n.get(k, 0) for n in nodes) for k in worker}
-    if any(v > total.get(k, 0) for k, v in trial.items()) or any(v > largest[k] for k, v in worker.items()):
-        raise ConfigError(
-            f"tune.resources asks for {r.workers} worker(s) x ({r.cpus_per_worker} CPU, {r.gpus_per_worker} GPU) per "
-            f"trial, {_fmt(trial)} in all, but this cluster has at most {_fmt({k: total.get(k, 0) for k in worker})} "
-            f"and its largest node {_fmt(largest)}: no trial could ever start. Lower tune.resources.workers / "
-            "cpus_per_worker / gpus_per_worker, or add nodes")
+    largest = {k: max(n.get(k, 0) for n in nodes) for k in ("CPU", "GPU")}
+    _refuse_oversized(tune_cfg, total, largest, "this cluster")
+    trial, _ = _demand(tune_cfg)
     at_once = min(int(total.get(k, 0) // v) for k, v in trial.items() if v > 0)
     return min(at_once, tune_cfg.max_concurrent or at_once)
 
@@ -323,6 +360,74 @@ def _total_steps(spec: TrialSpec, n_train: int, trial_config: dict[str, Any]) ->
 
 def _trial_dirname(trial) -> str:
     return f"{trial.config['config_id']}-seed{'-'.join(map(str, seeds_of(trial.config)))}-{trial.trial_id}"
+
+
+def _trial_of_dirname(name: str, cid: str) -> tuple[list[int], str] | None:
+    """(seeds, trial id) of a trial folder of config `cid` named by _trial_dirname; None for any other folder."""
+    seeds, _, trial_id = name.removeprefix(f"{cid}-seed").rpartition("-")
+    if not name.startswith(f"{cid}-seed") or not all(s.isdigit() for s in seeds.split("-")):
+        return None
+    return [int(s) for s in seeds.split("-")], trial_id
+
+
+# --- repairs before a resume --------------------------------------------------------------------------------------
+def repair_results(exp_dir: Path, storage: str) -> None:
+    """A result.json that is no seed's record (a full disk truncated it) is restored from the intact copy in its
+    trial's last checkpoint (what it was copied from), or else set aside, so that the seed runs again (_tune_list
+    runs every trial without a result). Says which, for each."""
+    if "://" in storage:  # remote Tune storage: its checkpoints are not searched here
+        return
+    for folder in (exp_dir, exp_dir / CONFIRM_DIR):
+        if not (folder / EXPERIMENT_FILE).is_file():
+            continue
+        configs = read_experiment_json(folder).get("configs") or {}
+        for path in sorted((folder / RUNS_DIR).glob(f"*/{seed_dir('*')}/{RESULT_FILE}")):
+            problem = result_problem(path)
+            if problem is None:
+                continue
+            cid, seed = path.parent.parent.name, seed_of_dir(path.parent)
+            found = _checkpoint_copy(Path(storage), cid, seed)
+            if found is None:
+                aside = set_aside(path, "corrupt")
+                print(f"{path}: {problem}; no intact copy in the trial checkpoints, so seed {seed} runs again "
+                      f"(the file is kept as {aside.name})", flush=True)
+                continue
+            copy, trial_id = found
+            overrides = (configs.get(cid) or {}).get("overrides", {})
+            # As the driver filed it from that checkpoint (ResultWriter._copy_final): the core's record + identity.
+            write_json(path, {**json.loads(copy.read_text()), "config_id": cid, "trial_id": trial_id,
+                              "overrides": overrides, "label": label(overrides)})
+            print(f"{path}: {problem}; restored from the trial checkpoint {copy}", flush=True)
+
+
+def _checkpoint_copy(storage: Path, cid: str, seed: int) -> tuple[Path, str] | None:
+    """The newest intact result.json of (config, seed) in the checkpoints of any Tuner of the experiment, with the
+    id of the trial it is from."""
+    found = []
+    for trial in storage.glob(f"*/{cid}-seed*"):
+        parsed = _trial_of_dirname(trial.name, cid)
+        if parsed is None or seed not in parsed[0]:
+            continue
+        for copy in trial.glob(f"checkpoint_*/{seed_dir(seed)}/{RESULT_FILE}"):
+            if result_problem(copy) is None:
+                found.append((copy.stat().st_mtime, copy, parsed[1]))
+    return max(found)[1:] if found else None
+
+
+def tune_state_problem(path: Path) -> str | None:
+    """Why a Tuner's saved state cannot be restored, or None. Tune writes its state files in place, so a full disk
+    leaves them truncated, and a restore then fails and forgets the trials it held. Checked without loading a pickle:
+    pickletools only parses it."""
+    for f in sorted(path.iterdir()):
+        try:
+            if f.name.startswith("experiment_state-"):  # JSON: the trials and the run's state
+                json.loads(f.read_text())
+            elif f.suffix == ".pkl" or f.name.startswith("search_gen_state-"):  # pickles (the latter despite .json)
+                for _ in pickletools.genops(f.read_bytes()):
+                    pass
+        except (OSError, ValueError) as e:
+            return f"{f.name}: {str(e) or type(e).__name__}"
+    return None
 
 
 @contextmanager
@@ -354,6 +459,12 @@ def _ctrl_c_stops_tune():
             os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER")
         else:
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = disabled
+
+
+def _without_result(trials: list[dict[str, Any]], exp_dir: Path) -> list[dict[str, Any]]:
+    """The trials with a seed that has no result.json."""
+    return [t for t in trials if any(not (run_dir(exp_dir, t["config_id"], s) / RESULT_FILE).is_file()
+                                     for s in seeds_of(t))]
 
 
 class _Runner:
@@ -405,18 +516,40 @@ class _Runner:
         return self._tune_list("confirm", trials, None, self.confirm_dir)
 
     def _tune_list(self, name: str, trials: list[dict[str, Any]], scheduler, exp_dir: Path) -> bool:
-        """A fixed list of trials; result.json is the truth of what ran. A trial that Tune's saved state lost (a
-        driver killed between handing out a trial and recording it) is run again in a Tuner of its own."""
-        if self._tune(name, ListSearcher(trials), len(trials), scheduler, exp_dir):
-            return True
-        if self._interrupted:
+        """A fixed list of trials; result.json is the truth of what ran. A Tuner without saved state to continue
+        (a new one, or one whose state could not be read) gets only the trials without a result, so finished seeds
+        never run again. A trial left without a result at the end (lost from Tune's state by a driver killed between
+        handing it out and recording it, or whose result.json was set aside as corrupt) runs again in a Tuner of its
+        own."""
+        todo = trials if self._restorable(name) else _without_result(trials, exp_dir)
+        if todo and not self._tune(name, ListSearcher(todo), len(todo), scheduler, exp_dir) and self._interrupted:
             return False
-        lost = [t for t in trials if any(not (run_dir(exp_dir, t["config_id"], s) / RESULT_FILE).is_file()
-                                         for s in seeds_of(t))]
+        lost = _without_result(trials, exp_dir)
         if not lost:
             return True
-        self._say(f"{name}: {len(lost)} trial(s) without a result (lost from Tune's state); running them again")
-        return self._tune(f"{name}-rerun", ListSearcher(lost), len(lost), scheduler, exp_dir)
+        self._say(f"{name}: {len(lost)} trial(s) without a result; running them again")
+        # Named after what it runs: an interrupted rerun of the same trials continues, other lost trials get their own.
+        rerun = config_id({"rerun": sorted([t["config_id"], seeds_of(t)] for t in lost)})
+        return self._tune(f"{name}-rerun-{rerun}", ListSearcher(lost), len(lost), scheduler, exp_dir)
+
+    def _restorable(self, name: str) -> bool:
+        """Whether the Tuner `name` has saved state to continue from. State that cannot be read is set aside (kept
+        for inspection): its trials are then planned from result.json instead."""
+        from ray import tune
+
+        path = self._tune_path(name)
+        if not tune.Tuner.can_restore(path):
+            return False
+        problem = None if "://" in path else tune_state_problem(Path(path))
+        if problem is None:
+            return True
+        aside = set_aside(path, "unreadable")
+        self._say(f"{name}: Tune's saved state cannot be read ({problem}); kept as {aside.name}, and the trials are "
+                  "planned again from result.json (finished seeds do not run again)")
+        return False
+
+    def _tune_path(self, name: str) -> str:
+        return f"{self.storage.rstrip('/')}/{name}"
 
     def ranking(self) -> list[tuple[float, dict[str, Any]]]:
         """Configs by their mean selection score over the search seeds (best first)."""
@@ -455,8 +588,8 @@ class _Runner:
 
         meta = read_experiment_json(exp_dir)
         trainable = tune.with_resources(tune.with_parameters(run_trial, spec=self.spec), self.spec.trial_resources())
-        path = f"{self.storage.rstrip('/')}/{name}"
-        if tune.Tuner.can_restore(path):
+        path = self._tune_path(name)
+        if self._restorable(name):
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
         else:
             callbacks = [ResultWriter(exp_dir, self.spec, self.plan.primary_metric, self.plan.scheduler_name),

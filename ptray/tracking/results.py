@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ptray import stats
-from ptray.layout import RUNS_DIR, owner, read_experiment_json, result_files, seed_of_dir
+from ptray.layout import RUNS_DIR, owner, read_experiment_json, result_files, result_problem, seed_of_dir
 
 MISSING_REASON = "no result.json: the trial crashed before training finished, or has not run yet"
 
@@ -56,13 +56,16 @@ class SeedResult:
 
     @classmethod
     def from_file(cls, path: Path, config_id: str) -> "SeedResult":
-        try:
-            d = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            # A truncated file (a worker killed mid-write) is a failed seed with a reason, not a crash of the report.
-            seed = seed_of_dir(Path(path).parent)
-            return cls(config_id, seed, "failed", f"unreadable {path}: {e}", path=Path(path))
-        return cls.from_dict(d, config_id, Path(path))
+        # A file that is no seed's record (truncated by a full disk, or of another schema), or whose values are of the
+        # wrong kind, is a failed seed that names the file: the report goes on, and the seed counts as failed.
+        path = Path(path)
+        problem = result_problem(path)
+        if problem is None:
+            try:
+                return cls.from_dict(json.loads(path.read_text()), config_id, path)
+            except (TypeError, ValueError, AttributeError) as e:
+                problem = f"{type(e).__name__}: {e}"
+        return cls(config_id, seed_of_dir(path.parent), "failed", f"broken record {path}: {problem}", path=path)
 
     @property
     def ok(self) -> bool:
