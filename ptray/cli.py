@@ -21,7 +21,7 @@ def cmd_train(args) -> int:
 
     from ptray.config import load_config
     from ptray.core.train import prepare, train
-    from ptray.layout import EXPERIMENT_FILE, RESULT_FILE
+    from ptray.layout import EXPERIMENT_FILE, RESULT_FILE, check_output_dir
 
     overrides = list(args.overrides)
     if args.seed is not None:
@@ -38,6 +38,7 @@ def cmd_train(args) -> int:
         raise SystemExit(
             f"error: {existing} already holds a finished result; pass --overwrite to replace it or --output to write elsewhere"
         )
+    check_output_dir(out)
     prepared = prepare(cfg)
     # ptray's own log lines (the resolved config at the start) on stderr, beside the progress bar.
     logging.basicConfig(format="%(message)s")
@@ -91,10 +92,14 @@ def cmd_report(args) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from ptray.analysis.report import write_report
+    from ptray.analysis.report import TrackingError, write_report
     from ptray.tracking.summary import print_summary
 
-    md = write_report(args.dir, baseline=args.baseline, log_mlflow=not args.no_mlflow)
+    try:
+        md = write_report(args.dir, baseline=args.baseline, log_mlflow=not args.no_mlflow)
+    except TrackingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print_summary(args.dir)
     print(f"report: {md}")
     return 0
@@ -173,7 +178,14 @@ def cmd_export(args) -> int:
 def cmd_tune(args) -> int:
     from ptray.distributed.runner import run_experiment
 
-    return run_experiment(args.config, args.output, args.overrides, args.address, args.resume, args.verbose)
+    return run_experiment(args.config, args.output, args.overrides, args.address, args.resume, args.verbose,
+                          args.trust)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port; give a number from 1 to 65535")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster to join (host:port or ray://host:port; default $RAY_ADDRESS, "
                                      "else a local Ray in this process)")
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted experiment in DIR")
+    p.add_argument("--trust", action="store_true",
+                   help="let --resume load Tune's saved state from DIR: Python pickles, which run any code they hold; "
+                        "only for a folder you trust")
     p.add_argument("--verbose", action="store_true",
                    help="show Ray's own status tables and the trials' log lines (by default in DIR/logs/ and Ray's "
                         "session logs) instead of ptray's live view")
@@ -217,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ui", help="start the MLflow UI for an experiment folder's store on 127.0.0.1")
     p.add_argument("dir", help="experiment folder")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=_port, default=5000, help="port on 127.0.0.1 (1-65535; default 5000)")
     p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("landscape", help="loss surface around a trained prompt (PNG + JSON in RESULT_DIR/landscape)")

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from ptray.config_base import ConfigError, Strict
 from ptray.core.methods import DEFAULT_METHOD, METHODS, MethodConfig
@@ -28,6 +28,16 @@ def default_data_dir(collection: str = "superglue") -> str:
     are its siblings, so one variable finds them all."""
     fewglue = Path(os.environ.get("PTRAY_DATA_DIR", "../shared/data/superglue"))
     return str(fewglue if collection == "superglue" else fewglue.parent / collection)
+
+
+def _seed_range(v: int) -> int:
+    # numpy's legacy seeding and several libraries' take 32 bits; a negative seed fails in numpy.
+    if not 0 <= v < 2**32:
+        raise ValueError("a seed is an integer from 0 to 2**32 - 1 (4294967295); choose one in that range")
+    return v
+
+
+Seed = Annotated[int, AfterValidator(_seed_range)]
 
 
 class TaskConfig(Strict):
@@ -53,7 +63,7 @@ class TaskConfig(Strict):
                                                        "train_split and K selection examples per class from "
                                                        "selection_split (disjoint where that is the same split); "
                                                        "null: the whole splits.")
-    sample_seed: int | None = Field(None, description="Seed of the k-shot sample. Unset: train.seed.")
+    sample_seed: Seed | None = Field(None, description="Seed of the k-shot sample. Unset: train.seed.")
     data_files: dict[str, str] | None = Field(None, description="Task custom: the file of each split, {split: "
                                                                 "path} (jsonl, csv or tsv by extension).")
     text_fields: list[str] | None = Field(None, description="Tasks custom and hub: the one or two text columns.")
@@ -148,13 +158,13 @@ class TrainConfig(Strict):
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage (3 partitions the frozen weights).")
     max_loss: float = Field(100.0, gt=0, description="A loss above this (or NaN/inf) ends the seed as failed: "
                                                      "diverged.")
-    seed: int = Field(0, description="The seed: of every source of seed variance whose own seed is unset.")
+    seed: Seed = Field(0, description="The seed: of every source of seed variance whose own seed is unset.")
     # Sources of seed variance with their own seeds, so one can vary while the others hold (Dodge et al. 2020 separate
     # initialisation and data order); task.sample_seed is the third source. See ExperimentConfig.source_seeds.
-    init_seed: int | None = Field(None, description="Seed of the initialisation: the prompt and the head. Unset: "
-                                                    "train.seed.")
-    order_seed: int | None = Field(None, description="Seed of the data order and the noise of training (dropout, "
-                                                     "Gumbel draws, PTP perturbations). Unset: train.seed.")
+    init_seed: Seed | None = Field(None, description="Seed of the initialisation: the prompt and the head. Unset: "
+                                                     "train.seed.")
+    order_seed: Seed | None = Field(None, description="Seed of the data order and the noise of training (dropout, "
+                                                      "Gumbel draws, PTP perturbations). Unset: train.seed.")
     seed_pack: int = Field(1, ge=1, description="Train this many seeds of a config together in one process, over "
                                                 "one loaded frozen backbone (ptray tune groups seeds by it); each "
                                                 "keeps its own prompt, optimizer state, data order, random stream "
@@ -246,8 +256,8 @@ class TuneConfirm(Strict):
     """Re-run the top_k configs of the search (and the baseline) on fresh seeds the search never saw."""
 
     top_k: int = Field(1, ge=1, description="How many of the search's best configs are re-run.")
-    seeds: list[int] | None = Field(None, description="The fresh seeds. Unset: num_seeds seeds after the search's "
-                                                      "largest.")
+    seeds: list[Seed] | None = Field(None, description="The fresh seeds. Unset: num_seeds seeds after the search's "
+                                                       "largest.")
     num_seeds: int | None = Field(None, ge=1, description="How many fresh seeds when seeds is unset. Unset: 5.")
 
 
@@ -257,7 +267,7 @@ class TuneConfig(Strict):
     name: str | None = Field(None, description="The experiment's name (in MLflow and the reports). Unset: the "
                                                "config file's name.")
     # Every config runs on every seed: comparisons are paired.
-    seeds: list[int] | None = Field(None, description="The seeds every config runs on. Unset: 0..num_seeds-1.")
+    seeds: list[Seed] | None = Field(None, description="The seeds every config runs on. Unset: 0..num_seeds-1.")
     num_seeds: int | None = Field(None, ge=1, description="How many seeds when seeds is unset. Unset: 5.")
     search: dict[str, Any] = Field(
         default_factory=dict,
@@ -500,20 +510,67 @@ class ExperimentConfig(Strict):
         return self.model_dump(mode="json", serialize_as_any=True)
 
 
+# Pydantic's words for an error, where they do not say the fix.
+_FIXES = {"finite_number": "inf and NaN are not values here; give a finite number"}
+
+
 def _format_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config ({source}):"]
+    problems = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
-        msg = e["msg"].removeprefix("Value error, ")
+        msg = _FIXES.get(e["type"], e["msg"].removeprefix("Value error, "))
         given = e.get("input")
         shown = "" if isinstance(given, dict) or e["type"] in ("unknown_key", "missing") else f" (got {given!r})"
-        lines.append(f"  {key}: {msg}{shown}" if key else f"  {msg}{shown}")
-    return "\n".join(lines)
+        problems.append(f"{key}: {msg}{shown}" if key else f"{msg}{shown}")
+    # One problem: one line; several: one per line under the heading.
+    if len(problems) == 1:
+        return f"invalid config ({source}): {problems[0]}"
+    return "\n  ".join([f"invalid config ({source}):", *problems])
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: plain YAML keeps the last one silently, so a
+    config would run with a value its author did not see."""
+
+
+def _unique_keys(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, yaml.Mark] = {}
+    for key_node, _ in node.value:
+        if isinstance(key_node, yaml.ScalarNode):
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one section (first on line {seen[key].line + 1}); "
+                                "keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_keys)
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content; a file that is not UTF-8 or not YAML is one ConfigError naming the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
+    try:
+        return yaml.load(text, _UniqueKeyLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {_yaml_problem(e)}") from None
+
+
+def _yaml_problem(e: yaml.MarkedYAMLError) -> str:
+    """The parser's own words, on one line: what it was reading and what it found."""
+    return ", ".join(x for x in (e.context, e.problem) if x)
 
 
 def _parse_value(text: str) -> Any:
     # YAML scalars: 1e-3 -> float, true -> bool, [0,1] -> list, null -> None.
-    value = yaml.safe_load(text)
+    value = yaml.load(text, _UniqueKeyLoader)
     if isinstance(value, str) and _looks_like_float(value):
         return float(value)
     return value
@@ -534,7 +591,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"override {item!r} is not of the form key.sub=value (for example train.lr=0.01)")
         key, raw = item.split("=", 1)
         try:
-            data = with_values(data, {key.strip(): _parse_value(raw)})
+            value = _parse_value(raw)
+        except yaml.MarkedYAMLError as e:
+            raise ConfigError(f"override {item!r}: the value {raw!r} is not valid YAML ({_yaml_problem(e)}); fix it, "
+                              "or quote it to pass it as text") from None
+        try:
+            data = with_values(data, {key.strip(): value})
         except ValueError as e:
             raise ConfigError(f"override {item!r}: {e}") from None
     return data
@@ -547,7 +609,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path)
+        if data is None:
+            raise ConfigError(f"config file {str(path)!r} holds no config (it is empty, or comments only); write its "
+                              "sections (task:, model:, method:, train:, ...) as the files in experiments/ do")
         if not isinstance(data, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(data).__name__}")
         source = str(path)

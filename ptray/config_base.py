@@ -5,7 +5,7 @@ can build on it without importing the schema that imports them.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
@@ -16,9 +16,11 @@ class ConfigError(ValueError):
 
 
 class Strict(BaseModel):
-    """A config section. Unknown keys are typos more often than not: they are refused, naming the section's keys."""
+    """A config section. Unknown keys are typos more often than not: they are refused, naming the section's keys.
+    So are inf and NaN (no key means them; they fail late, in training), and a boolean where a number is expected
+    (pydantic would read `batch_size: true` as 1)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -33,4 +35,25 @@ class Strict(BaseModel):
             raise ValidationError.from_exception_data(cls.__name__, [
                 {"type": PydanticCustomError("unknown_key", "unknown key; the keys of this section: {valid}",
                                              {"valid": valid}), "loc": (k,), "input": data[k]} for k in unknown])
+        fields = {f.alias or name: f for name, f in cls.model_fields.items()} | dict(cls.model_fields)
+        booleans = [k for k, v in data.items() if _has_bool(v) and not _admits_bool(fields[k].annotation)]
+        if booleans:
+            raise ValidationError.from_exception_data(cls.__name__, [
+                {"type": PydanticCustomError("boolean", "a boolean where a number or text is expected (YAML reads "
+                                                        "true/false, yes/no, on/off as booleans); write the number, "
+                                                        "or quote the text (e.g. 'yes')"),
+                 "loc": (k,), "input": data[k]} for k in booleans])
         return data
+
+
+def _has_bool(value: Any) -> bool:
+    return isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value))
+
+
+def _admits_bool(annotation: Any) -> bool:
+    """Whether a field's type takes a boolean as one (bool, Any, Literal[True, ...]), rather than coercing it."""
+    if annotation is bool or annotation is Any:
+        return True
+    if get_origin(annotation) is Literal:
+        return any(isinstance(a, bool) for a in get_args(annotation))
+    return any(_admits_bool(a) for a in get_args(annotation))

@@ -7,7 +7,7 @@ import json
 import textwrap
 import types
 from dataclasses import dataclass
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel
@@ -15,6 +15,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from ptray.config import ExperimentConfig, TaskConfig
+from ptray.layout import redact
 from ptray.core.methods import DEFAULT_METHOD, METHODS, MethodConfig
 from ptray.core.perturbations import PERTURBATIONS, PerturbationConfig
 
@@ -72,7 +73,8 @@ def _show(value: Any) -> str:
 def as_text(cfg: ExperimentConfig, config_name: str | None = None,
             resolved: dict[str, tuple[Any, str]] | None = None) -> str:
     """The resolved config as YAML: each key's description in a comment above it; after its value, where a derived
-    value comes from and the default where the value is another."""
+    value comes from and the default where the value is another. Credentials in URIs are redacted: the core logs
+    this text."""
     lines, section = [], None
     for e in entries(cfg, config_name, resolved):
         parts = e.key.split(".")
@@ -88,12 +90,12 @@ def as_text(cfg: ExperimentConfig, config_name: str | None = None,
         note = f"from {e.derived}" if e.derived else f"default {_show(e.default)}" if e.value != e.default else ""
         line = f"{indent}{parts[-1]}: {_show(e.value)}"
         lines.append(f"{line:<60}  # {note}" if note else line)
-    return "\n".join(lines)
+    return redact("\n".join(lines))
 
 
 def as_json(cfg: ExperimentConfig, config_name: str | None = None) -> str:
-    return json.dumps({e.key: {"value": e.value, "default": e.default, "derived_from": e.derived,
-                               "description": e.description} for e in entries(cfg, config_name)}, indent=2)
+    return redact(json.dumps({e.key: {"value": e.value, "default": e.default, "derived_from": e.derived,
+                                      "description": e.description} for e in entries(cfg, config_name)}, indent=2))
 
 
 # --- the reference: docs/config.md ----------------------------------------------------------------------------------
@@ -162,6 +164,8 @@ def _type(a) -> str:
     origin, args = get_origin(a), get_args(a)
     if a is type(None):
         return "null"
+    if origin is Annotated:  # a constrained type (ptray.config.Seed): shown as the type it constrains
+        return _type(args[0])
     if origin is Literal:
         return " \\| ".join(_show(x) for x in args)
     if origin in (Union, types.UnionType):

@@ -16,18 +16,28 @@ it cheaply.
     DIR/.ptray.lock                          held by the one `ptray tune` that owns the folder
 
 `ptray train` writes one seed's result.json and adapter.safetensors straight into its --output folder.
+
+Nothing ptray writes holds a credential: `write_json` passes its text through `redact` (the user:password part of a
+URI such as http://user:pass@host or s3://KEY:SECRET@bucket becomes ***), as do the adapter's metadata, the logged
+config and the MLflow tags. Every path read from the folder's own files (a config id in experiment.json) is checked to
+stay inside the folder (`inside`).
 """
 from __future__ import annotations
 
 import copy
+import fcntl
 import hashlib
 import json
 import os
+import re
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ptray.config_base import ConfigError
 
 EXPERIMENT_FILE = "experiment.json"
 RUNS_DIR = "runs"
@@ -46,6 +56,20 @@ _SEED_PREFIX = "seed"
 
 
 # --- where a run lives ------------------------------------------------------------------------------------------------
+def inside(root: str | Path, *parts: str) -> Path:
+    """root/parts..., refused (ValueError) unless it lies inside `root`: the parts may come from the folder's own files
+    (a tampered experiment.json can name a config `../../elsewhere`). Checked on the normalised path, not on resolved
+    links, so a folder whose runs/ is a link to another disk still works."""
+    root = Path(root)
+    path = root.joinpath(*map(str, parts))
+    base, full = os.path.normpath(os.path.abspath(root)), os.path.normpath(os.path.abspath(path))
+    if not full.startswith(base.rstrip(os.sep) + os.sep):
+        name = "/".join(map(str, parts))
+        raise ValueError(f"{name!r} would lead out of {root} (to {full}): a name in the experiment folder's files "
+                         "(experiment.json's config ids) was altered; restore the file or rerun the experiment")
+    return path
+
+
 def seed_dir(seed: int | str) -> str:
     """A seed's folder name, seed<N> (under runs/<config_id>/, and in a trial's checkpoint, which mirrors it)."""
     return f"{_SEED_PREFIX}{seed}"
@@ -57,12 +81,55 @@ def seed_of_dir(folder: str | Path) -> int:
 
 
 def run_dir(experiment_dir: str | Path, config_id: str, seed: int) -> Path:
-    return Path(experiment_dir) / RUNS_DIR / config_id / seed_dir(seed)
+    return inside(Path(experiment_dir) / RUNS_DIR, config_id, seed_dir(int(seed)))
 
 
 def result_files(experiment_dir: str | Path, config_id: str) -> list[Path]:
     """Every result.json of a config's seeds on disk."""
-    return sorted((Path(experiment_dir) / RUNS_DIR / config_id).glob(f"{seed_dir('*')}/{RESULT_FILE}"))
+    return sorted(inside(Path(experiment_dir) / RUNS_DIR, config_id).glob(f"{seed_dir('*')}/{RESULT_FILE}"))
+
+
+def owner(experiment_dir: str | Path) -> str | None:
+    """The PID of the live `ptray tune` that owns the folder (holds the OS lock on DIR/.ptray.lock), when that is
+    another process; None when none does (a lock file left by a killed run is not held) or this process is the owner."""
+    try:
+        f = open(Path(experiment_dir) / LOCK_FILE)
+    except FileNotFoundError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = f.read().strip() or "unknown"
+            return None if pid == str(os.getpid()) else pid
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return None
+
+
+def result_problem(path: str | Path) -> str | None:
+    """Why a result.json is not a seed's record (unreadable, not JSON, not an object with its seed and status), or
+    None when it is one. A full disk or a killed copy truncates; a hand edit or another tool may write anything."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        return f"unreadable: {e}"
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not a seed's record (an object)"
+    missing = [k for k in ("seed", "status") if k not in record]
+    if missing:
+        return f"no {' and no '.join(map(repr, missing))} key, so not a seed's record"
+    if str(record["seed"]) != str(seed_of_dir(Path(path).parent)):
+        return f"records seed {record['seed']!r} but lies in {Path(path).parent.name}/"
+    return None
+
+
+def set_aside(path: str | Path, why: str) -> Path:
+    """Move a file or folder that cannot be used out of the way, under a name nothing reads (<name>.<why>-<time>),
+    kept for inspection; returns the new path."""
+    path = Path(path)
+    aside = path.with_name(f"{path.name}.{why}-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, aside)
+    return aside
 
 
 def read_experiment_json(experiment_dir: str | Path) -> dict:
@@ -72,20 +139,41 @@ def read_experiment_json(experiment_dir: str | Path) -> dict:
             f"{experiment_dir} is not a ptray experiment folder: {EXPERIMENT_FILE} is missing; "
             f"pass the folder that `ptray tune` wrote (its --output)"
         )
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise ConfigError(f"{path} is not valid JSON ({e}); it records the experiment (config, seeds, configs), so "
+                          "restore it from a copy, or run the experiment again into another --output") from None
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{path} holds a JSON {type(meta).__name__}, not the experiment's record (an object); "
+                          "restore it from a copy, or run the experiment again into another --output")
+    return meta
+
+
+def check_output_dir(path: str | Path) -> None:
+    """Refuse an output folder that cannot be written before anything runs, so no result is lost at the end: a file
+    where the folder (or one of its parents) should be, or a folder this user may not write into."""
+    path = Path(path)
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"output folder {path}: {existing} is a file, not a folder; choose another output folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output folder {path}: {existing} is not writable by this user; choose another output "
+                          "folder, or make it writable")
 
 
 def write_json(path: str | Path, data: Any) -> None:
     """Write to a temporary file beside `path`, then rename it: a reader (the driver, the report, a resume) never sees
-    half a file, even when the writer is killed."""
+    half a file, even when the writer is killed. Credentials in URIs are redacted (`redact`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A name of its own per write, so two writers never share one; made with the usual permissions (not mkstemp's
     # owner-only ones), as the file it replaces.
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
+        text = redact(json.dumps(data, indent=2, default=_json_default))
         with open(tmp, "x") as f:
-            json.dump(data, f, indent=2, default=_json_default)
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -95,6 +183,24 @@ def write_json(path: str | Path, data: Any) -> None:
 def _json_default(o: Any) -> Any:
     # numpy numbers (metrics computed with numpy) as numbers; anything else (a Path) as its text, never a lost result.
     return o.item() if isinstance(o, np.generic) else str(o)
+
+
+# --- no credentials in what ptray writes -----------------------------------------------------------------------------
+REDACTED = "***"
+# The user-info part of a URI, up to its last @ before the host (a password may hold an unencoded @); never across
+# a quote or white space, so in JSON text it stays within one string.
+_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s\"]+@")
+
+
+def redact(text: str) -> str:
+    """`text` (a URI, a message, JSON) with the user:password of every URI in it replaced by ***."""
+    return _USERINFO.sub(rf"\g<1>{REDACTED}@", text)
+
+
+def without_redacted(uri: str) -> str:
+    """A URI read back from the folder's files with its redacted credentials left out: the client then takes them from
+    its usual environment (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, AWS_ACCESS_KEY_ID / ...)."""
+    return uri.replace(f"{REDACTED}@", "", 1)
 
 
 # --- which config ---------------------------------------------------------------------------------------------------

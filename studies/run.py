@@ -25,8 +25,9 @@ def run(folder: Path) -> None:
         if (out / "report" / "stats.json").is_file():
             continue
         t0 = time.perf_counter()
-        args = ["tune", "--resume", str(out)] if (out / "experiment.json").is_file() else ["tune", str(config),
-                                                                                         "--output", str(out)]
+        # --trust: the Tune state a resume loads is the one this script's own earlier run wrote.
+        args = (["tune", "--resume", str(out), "--trust"] if (out / "experiment.json").is_file()
+                else ["tune", str(config), "--output", str(out)])
         subprocess.run([sys.executable, "-m", "ptray.cli", *args], check=True)
         subprocess.run([sys.executable, "-m", "ptray.cli", "report", str(out)], check=True)
         took = time.perf_counter() - t0

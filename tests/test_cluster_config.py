@@ -264,7 +264,8 @@ def _exported_before(cmd: str, var: str, before: str) -> str:
 def test_head_starts_mlflow_server_and_ray(prepared):
     cmds = prepared["head_start_ray_commands"]
     server = _ray_start(cmds, "mlflow server")
-    assert "--host 0.0.0.0" in server
+    # No authentication: only the head's loopback may reach it (the driver there, the UI through an SSH tunnel).
+    assert re.search(r"--host[ =]127\.0\.0\.1\b", server)
     port = re.search(r"--port[ =](\d+)", server).group(1)
     assert port == "5000"
     backend = re.search(r"--backend-store-uri[ =](\S+)", server).group(1)
@@ -278,19 +279,30 @@ def test_head_starts_mlflow_server_and_ray(prepared):
     head_start = _ray_start(cmds, "ray start --head")
     assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in head_start
     uri = _exported_before(head_start, "MLFLOW_TRACKING_URI", "ray start")
-    # The head's private IP, not localhost: trials on the workers may get the driver's URI.
-    assert uri == f"http://$RAY_HEAD_IP:{port}"
-    # The launcher sets RAY_HEAD_IP only for workers; the head derives it (see the stub test).
-    assert 0 <= head_start.find("export RAY_HEAD_IP=") < head_start.index("MLFLOW_TRACKING_URI")
+    # Only the Tune driver logs to MLflow, and `ray job submit` runs it on the head: the loopback server.
+    assert uri == f"http://127.0.0.1:{port}"
     assert cmds.index(server) < cmds.index(head_start)
 
 
-def test_workers_point_mlflow_at_the_head(prepared):
+def test_workers_join_the_head_and_never_talk_to_mlflow(prepared):
     cmds = prepared["worker_start_ray_commands"]
     start = _ray_start(cmds, "ray start --address=")
     assert "--address=$RAY_HEAD_IP:6379" in start
-    uri = _exported_before(start, "MLFLOW_TRACKING_URI", "ray start")
-    assert uri == "http://$RAY_HEAD_IP:5000"
+    # Trials log nothing to MLflow, and the server is on the head's loopback: a URI here could only point nowhere.
+    assert "MLFLOW_TRACKING_URI" not in " ".join(cmds)
+
+
+@pytest.mark.parametrize("key", ["head_start_ray_commands", "worker_start_ray_commands"])
+def test_no_web_service_listens_on_every_interface(prepared, key):
+    """The dashboard (its job API runs any command) and the MLflow server (no authentication) listen on loopback
+    only; SSH port-forwarding (`ray dashboard cluster.yaml`, docs/cluster.md) reaches them."""
+    cmds = " ".join(prepared[key])
+    for flag in ("--host", "--dashboard-host", "--ray-client-server-host", "--dashboard-agent-host"):
+        for value in re.findall(rf"{flag}[ =](\S+)", cmds):
+            assert value in ("127.0.0.1", "localhost"), f"{flag} {value} in {key}"
+    assert not re.search(r"0\.0\.0\.0|\[::\]|(?<![\w:])::(?![\w:])", cmds), cmds
+    if key == "head_start_ray_commands":
+        assert "--dashboard-host=127.0.0.1" in cmds
 
 
 @pytest.mark.parametrize(
@@ -306,17 +318,16 @@ def test_commands_are_valid_bash(prepared, key):
 
 
 def test_ray_start_really_gets_the_tracking_uri(prepared, tmp_path):
-    """Run the start commands with stub `ray`/`hostname` on PATH, the way the launcher does
+    """Run the start commands with a stub `ray` on PATH, the way the launcher does
     (``with_envs`` prepends ``export RAY_HEAD_IP=...;`` for workers), and check what
-    `ray start` sees: raylets hand their environment to every trial and job driver."""
+    `ray start` sees: raylets hand their environment to every trial and job driver. The head's
+    (where `ray job submit` runs the driver) points at the loopback server; the workers' at none."""
     bash = shutil.which("bash")
     assert bash
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "ray").write_text('#!/bin/sh\necho "ray $1 MLFLOW_TRACKING_URI=$MLFLOW_TRACKING_URI"\n')
-    (bin_dir / "hostname").write_text('#!/bin/sh\necho "10.0.1.23 172.17.0.1 "\n')
-    for stub in bin_dir.iterdir():
-        stub.chmod(0o755)
+    (bin_dir / "ray").chmod(0o755)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
 
     def run(cmd: str) -> str:
@@ -325,8 +336,8 @@ def test_ray_start_really_gets_the_tracking_uri(prepared, tmp_path):
         return res.stdout
 
     head_start = _ray_start(prepared["head_start_ray_commands"], "ray start --head")
-    assert "ray start MLFLOW_TRACKING_URI=http://10.0.1.23:5000" in run(head_start)
+    assert "ray start MLFLOW_TRACKING_URI=http://127.0.0.1:5000" in run(head_start)
 
     worker_start = _ray_start(prepared["worker_start_ray_commands"], "ray start --address=")
     [launched] = with_envs([worker_start], {"RAY_HEAD_IP": "10.0.0.5"})
-    assert "ray start MLFLOW_TRACKING_URI=http://10.0.0.5:5000" in run(launched)
+    assert "ray start MLFLOW_TRACKING_URI=\n" in run(launched)

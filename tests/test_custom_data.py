@@ -50,5 +50,5 @@ def test_non_utf8_is_named(tmp_path):
 def test_a_row_without_its_text_or_label_is_refused_not_read_as_none(tmp_path, row):
     f = tmp_path / "train.jsonl"
     f.write_text(json.dumps({"sentence": "fine", "label": "1"}) + "\n" + json.dumps(row) + "\n")
-    with pytest.raises(ConfigError, match=r"train.jsonl:2: no value for column"):
+    with pytest.raises(ConfigError, match=r"train.jsonl:2: no value for '"):
         custom(f).load("train")

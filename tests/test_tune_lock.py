@@ -36,7 +36,7 @@ def test_a_running_experiment_has_one_owner(data_dir, tmp_path):
         os.killpg(owner.pid, signal.SIGKILL)  # the driver and the Ray it started, with no chance to clean up
         owner.wait()
 
-    p = run_ptray("tune", "--resume", out, timeout=900)
+    p = run_ptray("tune", "--resume", out, "--trust", timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert {seed for _, seed in results(out)} == {0, 1}
     assert all(r["status"] == "ok" for r in results(out).values())

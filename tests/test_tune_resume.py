@@ -35,7 +35,7 @@ def test_resume_after_interrupt_runs_only_what_is_left(data_dir, tmp_path):
     before = first.read_text()
     assert {s for _, s in results(out)} == {0}
 
-    p = run_ptray("tune", "--resume", out)
+    p = run_ptray("tune", "--resume", out, "--trust")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     found = results(out)
     assert set(found) == {(cid, s) for s in (0, 1, 2)}
@@ -48,7 +48,7 @@ def test_resume_after_interrupt_runs_only_what_is_left(data_dir, tmp_path):
     steps = [json.loads(line).get("step") for line in (seed1 / "result.json").read_text().splitlines()]
     assert steps.count(2) == 1 and 6 in steps
 
-    again = run_ptray("tune", "--resume", out)  # nothing left: it only prints the table
+    again = run_ptray("tune", "--resume", out, "--trust")  # nothing left: it only prints the table
     assert again.returncode == 0 and "search: 3/3 trials ended" in again.stdout
     assert {k: v["trial_id"] for k, v in results(out).items()} == {k: v["trial_id"] for k, v in found.items()}
 

@@ -20,10 +20,10 @@ def ptray_cmd(*args) -> list[str]:
 
 # A guard against a hung run, not a speed check: on a loaded 2-core machine a two-worker ZeRO-3 trial alone has taken
 # over 10 minutes.
-def run_ptray(*args, timeout: int = 1500) -> subprocess.CompletedProcess:
-    # The tests' own environment (offline hub) reaches the CLI and the Ray workers it starts.
+def run_ptray(*args, timeout: int = 1500, **env: str) -> subprocess.CompletedProcess:
+    # The tests' own environment (offline hub) reaches the CLI and the Ray workers it starts; `env` adds to it.
     return subprocess.run(ptray_cmd(*args), capture_output=True, text=True, cwd=REPO, timeout=timeout,
-                          env=os.environ.copy())
+                          env={**os.environ, **env})
 
 
 def results(exp_dir: Path) -> dict[tuple[str, int], dict]:

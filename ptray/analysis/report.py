@@ -21,9 +21,13 @@ import numpy as np
 
 from ptray import stats
 from ptray.analysis import plots, variance
-from ptray.layout import LANDSCAPE_DIR, LANDSCAPE_FILE, REPORT_DIR, run_dir, write_json
+from ptray.layout import LANDSCAPE_DIR, LANDSCAPE_FILE, REPORT_DIR, inside, redact, run_dir, write_json
 from ptray.tracking.results import ConfigResults, Experiment, load_experiment
-from ptray.tracking.store import Tracker, open_tracker
+from ptray.tracking.store import Tracker, open_tracker, resolve_tracking_uri
+
+
+class TrackingError(RuntimeError):
+    """The report is written, but logging it to MLflow failed."""
 
 
 def config_figures(c: ConfigResults, folder: str | Path) -> list[Path]:
@@ -49,7 +53,7 @@ def log_experiment(directory: str | Path, tracking_uri: str | None = None) -> Tr
 
 def log_config_figures(tracker: Tracker, exp: Experiment) -> None:
     for c in exp.configs.values():
-        figures = config_figures(c, exp.dir / REPORT_DIR / "configs" / c.config_id)
+        figures = config_figures(c, inside(exp.dir / REPORT_DIR / "configs", c.config_id))
         tracker.log_artifacts(c.config_id, figures, "figures")
 
 
@@ -94,10 +98,16 @@ def write_report(directory: str | Path, baseline: str | None = None, log_mlflow:
     md.write_text(_markdown(exp, base, summaries, comparisons, figures, landscapes, sources))
 
     if log_mlflow:
-        tracker = log_experiment(exp.dir, tracking_uri)
-        files = [md, out / "stats.json", *figures.values()]
-        for c in configs:
-            tracker.log_artifacts(c.config_id, files, "report")
+        try:
+            tracker = log_experiment(exp.dir, tracking_uri)
+            files = [md, out / "stats.json", *figures.values()]
+            for c in configs:
+                tracker.log_artifacts(c.config_id, files, "report")
+        except Exception as e:  # any MLflow, database or network error: the report itself is written
+            uri = tracking_uri or resolve_tracking_uri(exp.dir, exp.config)
+            raise TrackingError(f"{md} is written, but logging to MLflow at {redact(uri)} failed ({type(e).__name__}: "
+                                f"{redact(str(e).strip().splitlines()[0][:300] if str(e).strip() else '')}); run "
+                                f"`ptray report {exp.dir}` again once it answers, or pass --no-mlflow") from e
     return md
 
 
@@ -326,6 +336,11 @@ def _markdown(exp: Experiment, base: ConfigResults, summaries, comparisons, figu
     if low:
         lines += ["## Seeds at or below the majority class", "", "Finished, and in the statistics above.", "",
                   _table(["config", "seed", "report"], low), ""]
+    running = [[_cfg(c), str(s.seed), _cell(s.reason or "")] for c in configs for s in c.seeds if s.status == "running"]
+    if running:
+        lines += ["## Seeds still running", "", f"`ptray tune` (PID {exp.owner}) is still running this folder: these "
+                  "seeds have no result yet and are not in the statistics. Run `ptray report` again when it ends.", "",
+                  _table(["config", "seed", "status"], running), ""]
     stopped = [[_cfg(c), str(s.seed), _cell(s.reason or "")] for c in configs for s in c.seeds if s.status == "stopped"]
     if stopped:
         lines += ["## Seeds stopped early by the scheduler", "", "Pruned, not failed: left out of the statistics.", "",

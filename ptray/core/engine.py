@@ -63,7 +63,21 @@ def build_engine(model: torch.nn.Module, cfg: TrainConfig, total_steps: int, dev
                               num_training_steps=total_steps)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, optimizer=optimizer,
                                            lr_scheduler=scheduler, config=ds_config(cfg))
+    # DeepSpeed's loader (load_checkpoint has no option for it) unpickles with weights_only=False, so a planted
+    # checkpoint could run any code; every file DeepSpeed reads for a resume goes through this one method.
+    engine.checkpoint_engine.load = load_data_only
     return engine
+
+
+def load_data_only(path: str, map_location=None):
+    """A DeepSpeed checkpoint file read as data only (torch's weights_only loader: tensors, numbers, text, containers),
+    with the four plain data classes DeepSpeed itself puts in its ZeRO state allowed by name."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]):
+        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def close_engine(engine) -> None:

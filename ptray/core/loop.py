@@ -25,7 +25,7 @@ from ptray.core.data import Encoded, collate, train_order
 from ptray.core.model import PromptModel, option_loss
 from ptray.core.perturbations import build_perturbation
 from ptray.core.zero import gathered
-from ptray.layout import ADAPTER_FILE
+from ptray.layout import ADAPTER_FILE, redact
 
 
 class Reporter(Protocol):
@@ -166,7 +166,7 @@ class SeedRun:
 
             self.out.mkdir(parents=True, exist_ok=True)
             state = {k: v.contiguous() for k, v in self.best["adapter"].items()}
-            save_file(state, str(self.out / ADAPTER_FILE), metadata={"config": json.dumps(self.cfg.to_dict())})
+            save_file(state, str(self.out / ADAPTER_FILE), metadata={"config": redact(json.dumps(self.cfg.to_dict()))})
 
     def trainable_state(self, export: bool = False) -> dict[str, torch.Tensor]:
         # export: the adapter's form (a residual prompt folds its MLP away) instead of the exact snapshot.

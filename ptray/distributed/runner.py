@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pickletools
 import shutil
 import signal
 import socket
@@ -29,33 +30,44 @@ from ptray.config import ConfigError, ExperimentConfig, TuneConfig, config_from_
 from ptray.distributed.progress import LiveView
 from ptray.distributed.search import ListSearcher, SearchPlan, selection_score, trial_config
 from ptray.distributed.trial import ResultWriter, TrialSpec, run_trial, seeds_of
-from ptray.layout import (CONFIRM_DIR, EXPERIMENT_FILE, LOCK_FILE, LOG_DIR, RAY_DIR, RESULT_FILE, config_id, label,
-                          read_experiment_json, run_dir, write_json)
+from ptray.layout import (CONFIRM_DIR, EXPERIMENT_FILE, LOCK_FILE, LOG_DIR, RAY_DIR, RESULT_FILE, RUNS_DIR,
+                          check_output_dir, config_id, label, read_experiment_json, redact, result_problem, run_dir,
+                          seed_dir, seed_of_dir, set_aside, without_redacted, write_json)
 
 INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C
 
 
 def run_experiment(config: str | Path | None = None, output: str | Path | None = None, overrides: list[str] = (),
-                   address: str | None = None, resume: str | Path | None = None, verbose: bool = False) -> int:
+                   address: str | None = None, resume: str | Path | None = None, verbose: bool = False,
+                   trust: bool = False) -> int:
     """Run (or continue) an experiment; returns the process exit code (0, or INTERRUPTED). The console shows
-    ptray's live view of the seeds; Ray's own output goes to DIR/logs/ (and to the console too with `verbose`)."""
+    ptray's live view of the seeds; Ray's own output goes to DIR/logs/ (and to the console too with `verbose`).
+    `trust`: a resume may load Tune's saved state (`check_trusted`)."""
     if resume is None and config is None:
         raise ConfigError("ptray tune needs a config file (or --resume DIR)")
     exp_dir = Path(resume) if resume is not None else Path(output or Path("outputs") / Path(config).stem)
+    check_output_dir(exp_dir)
     with owning(exp_dir):
-        return _run(exp_dir, config, list(overrides), address, resume, verbose)
+        return _run(exp_dir, config, list(overrides), address, resume, verbose, trust)
 
 
-def _run(exp_dir: Path, config, overrides: list[str], address, resume, verbose: bool) -> int:
+def _run(exp_dir: Path, config, overrides: list[str], address, resume, verbose: bool, trust: bool) -> int:
     exp_dir, cfg = _experiment(exp_dir, config, overrides, resume)
+    if resume is not None and not trust:
+        check_trusted(exp_dir, cfg.tune.storage_path if cfg.tune else None)
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         check_reachable(address)
+    else:
+        check_machine(cfg.tune or TuneConfig())
     from ptray.core.train import prepare  # the core's cheap checks (data files, prompt length), before any Ray
 
     cfg = _absolute_paths(cfg)
     prepared = prepare(cfg)
     plan = SearchPlan(cfg, prepared.task.primary_metric)
+    storage = plan.tune.storage_path or str((exp_dir / RAY_DIR).resolve())
+    if resume is not None:
+        repair_results(exp_dir, storage)
     console = sys.stdout  # ptray's live view; Ray's own prints go to DIR/logs/ray.log unless verbose
     with _logs_to(exp_dir / LOG_DIR / "ray.log", enabled=not verbose):
         started = connect(address, verbose)
@@ -64,8 +76,12 @@ def _run(exp_dir: Path, config, overrides: list[str], address, resume, verbose: 
             if resume is None:
                 _write_experiment(exp_dir, plan, plan.tune.name, plan.seeds, _known_configs(plan),
                                   plan.baseline_config_id())
-            storage = plan.tune.storage_path or str((exp_dir / RAY_DIR).resolve())
-            spec = TrialSpec(base=plan.base, keys=plan.keys, workers=plan.tune.resources.workers,
+            # Read back from experiment.json, a storage URI has no credentials: its client takes them from the
+            # environment.
+            storage = without_redacted(plan.tune.storage_path or str((exp_dir / RAY_DIR).resolve()))
+            # Trials need no credential (only the driver logs to MLflow), and Tune saves the spec with its state.
+            trial_base = json.loads(redact(json.dumps(plan.base)))
+            spec = TrialSpec(base=trial_base, keys=plan.keys, workers=plan.tune.resources.workers,
                              cpus_per_worker=plan.tune.resources.cpus_per_worker,
                              gpus_per_worker=plan.tune.resources.gpus_per_worker,
                              train_storage=f"{storage.rstrip('/')}/train",
@@ -84,7 +100,8 @@ def _run(exp_dir: Path, config, overrides: list[str], address, resume, verbose: 
                 ray.shutdown()  # before the table, so the trials' last log lines do not print after it
     runner.log_and_print()
     if not finished:
-        print(f"interrupted; continue with: ptray tune --resume {exp_dir}")
+        # --trust: the state to load is the one this run has just written.
+        print(f"interrupted; continue with: ptray tune --resume {exp_dir} --trust")
         return INTERRUPTED
     return 0
 
@@ -131,7 +148,11 @@ def _experiment(exp_dir: Path, config, overrides, resume) -> tuple[Path, Experim
         if config is not None or overrides:
             raise ConfigError("--resume continues an experiment exactly as it started: give only the folder "
                               f"(its config is in {meta_path})")
-        return exp_dir, config_from_dict(json.loads(meta_path.read_text())["config"], str(meta_path))
+        config = read_experiment_json(exp_dir).get("config")
+        if not isinstance(config, dict):
+            raise ConfigError(f"{meta_path} holds no experiment config (its \"config\" key); restore the file from a "
+                              "copy, or run the experiment again into another --output")
+        return exp_dir, config_from_dict(config, str(meta_path))
     cfg = load_config(config, overrides)
     if (exp_dir / EXPERIMENT_FILE).exists():
         raise ConfigError(f"{exp_dir} already holds an experiment: continue it with `ptray tune --resume {exp_dir}` "
@@ -140,6 +161,23 @@ def _experiment(exp_dir: Path, config, overrides, resume) -> tuple[Path, Experim
     if tune_cfg.name is None:
         cfg = cfg.model_copy(update={"tune": tune_cfg.model_copy(update={"name": Path(config).stem})})
     return exp_dir, cfg
+
+
+def check_trusted(exp_dir: Path, storage_path: str | None) -> None:
+    """Refuse a resume that would load Tune's saved state without the user's --trust. Tune restores an experiment
+    from Python pickles (tuner.pkl, searcher-state-*.pkl, the trials in its state files; DeepSpeed's checkpoints are
+    torch pickles too), and loading a pickle runs whatever code it holds: a folder from elsewhere could run anything.
+    Remote storage cannot be looked into cheaply, so it always asks."""
+    if storage_path and "://" in storage_path:
+        found = f"Tune's saved state in {redact(storage_path)}"
+    else:
+        pickles = sorted(Path(storage_path or exp_dir / RAY_DIR).rglob("*.pkl"))
+        if not pickles:
+            return  # no Tune state yet: nothing is loaded
+        found = f"{pickles[0]}" + (f" and {len(pickles) - 1} more Python pickles" if len(pickles) > 1 else "")
+    raise ConfigError(f"--resume {exp_dir}: {found} would be loaded, and loading a pickle runs any code it holds; "
+                      f"continue only a folder you trust (one your own ptray tune wrote), with "
+                      f"`ptray tune --resume {exp_dir} --trust`")
 
 
 def _absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -182,13 +220,38 @@ def connect(address: str | None, verbose: bool = False) -> bool:
 
     quiet = {} if verbose else {"log_to_driver": False}
     if not address:
-        ray.init(include_dashboard=False, **quiet)  # as many CPUs as this machine has: trials are sized against them
+        with _loopback_only():
+            # As many CPUs as this machine has: trials are sized against them.
+            ray.init(include_dashboard=False, **quiet)
         return True
     try:
         ray.init(address=address, **quiet)
     except ConnectionError as e:  # something answered the knock, but no Ray cluster
         raise _unreachable(address, e) from None
     return False
+
+
+@contextmanager
+def _loopback_only():
+    """A Ray started here for this machine alone listens on 127.0.0.1 only. On Linux, Ray gives a node the machine's
+    network address and binds its servers (GCS, raylet, workers, agents, the metrics endpoint that answers anyone) on
+    every interface; `ray.init(_node_ip_address="127.0.0.1")` is turned back into that address. Ray's switch for a
+    single-machine Ray (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, its default on macOS and Windows) makes the node
+    127.0.0.1: Ray's processes, started inside this block, inherit the variable; the driver reads it when Ray is
+    imported, hence the module constant too. Both are restored after, so a later join of a cluster is unchanged."""
+    from ray._private import ray_constants
+
+    saved = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR)
+        else:
+            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved[0]
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
 
 
 @contextmanager
@@ -234,27 +297,52 @@ def _unreachable(address: str, reason: Exception) -> ConfigError:
                        "cluster.yaml`), fix --address / RAY_ADDRESS, or leave both unset to run on a local Ray")
 
 
+def _demand(tune_cfg: TuneConfig) -> tuple[dict[str, float], dict[str, float]]:
+    """What one trial reserves in all, and what each of its workers needs on one node."""
+    r = tune_cfg.resources
+    worker = {"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker}
+    trial = dict(worker) if r.workers == 1 else {"CPU": 0.01 + r.workers * r.cpus_per_worker,
+                                                  "GPU": r.workers * r.gpus_per_worker}
+    return trial, worker
+
+
+def _refuse_oversized(tune_cfg: TuneConfig, total: dict[str, float], largest: dict[str, float], where: str) -> None:
+    trial, worker = _demand(tune_cfg)
+    if any(v > total.get(k, 0) for k, v in trial.items()) or any(v > largest.get(k, 0) for k, v in worker.items()):
+        r = tune_cfg.resources
+        raise ConfigError(
+            f"tune.resources asks for {r.workers} worker(s) x ({r.cpus_per_worker} CPU, {r.gpus_per_worker} GPU) per "
+            f"trial, {_fmt(trial)} in all, but {where} has at most {_fmt({k: total.get(k, 0) for k in worker})}"
+            + ("" if largest == total else f" and its largest node {_fmt({k: largest.get(k, 0) for k in worker})}")
+            + ": no trial could ever start. Lower tune.resources.workers / cpus_per_worker / gpus_per_worker, or add "
+            "nodes")
+
+
+def check_machine(tune_cfg: TuneConfig) -> None:
+    """Before a local Ray starts (it gets this machine's CPUs and GPUs): refuse a trial that could never start here,
+    in a second instead of after Ray's start-up."""
+    gpus = 0
+    if tune_cfg.resources.gpus_per_worker > 0:  # torch (slow to import) only when GPUs are asked for
+        import torch
+
+        gpus = torch.cuda.device_count()
+    machine = {"CPU": os.cpu_count() or 1, "GPU": gpus}
+    _refuse_oversized(tune_cfg, machine, machine, "this machine (a local Ray)")
+
+
 def check_capacity(tune_cfg: TuneConfig) -> int:
     """Refuse a trial the cluster can never hold (it would wait forever); return how many fit at once."""
     import ray
     from ray._private.state import state  # what an autoscaling cluster can grow to; Ray Train checks the same
 
-    r = tune_cfg.resources
-    worker = {"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker}
-    trial = dict(worker) if r.workers == 1 else {"CPU": 0.01 + r.workers * r.cpus_per_worker,
-                                                  "GPU": r.workers * r.gpus_per_worker}
     total = state.get_max_resources_from_cluster_config() or ray.cluster_resources()
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     config = state.get_cluster_config()
     if config is not None:
         nodes += [dict(g.resources) for g in config.node_group_configs]
-    largest = {k: max(n.get(k, 0) for n in nodes) for k in worker}
-    if any(v > total.get(k, 0) for k, v in trial.items()) or any(v > largest[k] for k, v in worker.items()):
-        raise ConfigError(
-            f"tune.resources asks for {r.workers} worker(s) x ({r.cpus_per_worker} CPU, {r.gpus_per_worker} GPU) per "
-            f"trial, {_fmt(trial)} in all, but this cluster has at most {_fmt({k: total.get(k, 0) for k in worker})} "
-            f"and its largest node {_fmt(largest)}: no trial could ever start. Lower tune.resources.workers / "
-            "cpus_per_worker / gpus_per_worker, or add nodes")
+    largest = {k: max(n.get(k, 0) for n in nodes) for k in ("CPU", "GPU")}
+    _refuse_oversized(tune_cfg, total, largest, "this cluster")
+    trial, _ = _demand(tune_cfg)
     at_once = min(int(total.get(k, 0) // v) for k, v in trial.items() if v > 0)
     return min(at_once, tune_cfg.max_concurrent or at_once)
 
@@ -272,6 +360,74 @@ def _total_steps(spec: TrialSpec, n_train: int, trial_config: dict[str, Any]) ->
 
 def _trial_dirname(trial) -> str:
     return f"{trial.config['config_id']}-seed{'-'.join(map(str, seeds_of(trial.config)))}-{trial.trial_id}"
+
+
+def _trial_of_dirname(name: str, cid: str) -> tuple[list[int], str] | None:
+    """(seeds, trial id) of a trial folder of config `cid` named by _trial_dirname; None for any other folder."""
+    seeds, _, trial_id = name.removeprefix(f"{cid}-seed").rpartition("-")
+    if not name.startswith(f"{cid}-seed") or not all(s.isdigit() for s in seeds.split("-")):
+        return None
+    return [int(s) for s in seeds.split("-")], trial_id
+
+
+# --- repairs before a resume --------------------------------------------------------------------------------------
+def repair_results(exp_dir: Path, storage: str) -> None:
+    """A result.json that is no seed's record (a full disk truncated it) is restored from the intact copy in its
+    trial's last checkpoint (what it was copied from), or else set aside, so that the seed runs again (_tune_list
+    runs every trial without a result). Says which, for each."""
+    if "://" in storage:  # remote Tune storage: its checkpoints are not searched here
+        return
+    for folder in (exp_dir, exp_dir / CONFIRM_DIR):
+        if not (folder / EXPERIMENT_FILE).is_file():
+            continue
+        configs = read_experiment_json(folder).get("configs") or {}
+        for path in sorted((folder / RUNS_DIR).glob(f"*/{seed_dir('*')}/{RESULT_FILE}")):
+            problem = result_problem(path)
+            if problem is None:
+                continue
+            cid, seed = path.parent.parent.name, seed_of_dir(path.parent)
+            found = _checkpoint_copy(Path(storage), cid, seed)
+            if found is None:
+                aside = set_aside(path, "corrupt")
+                print(f"{path}: {problem}; no intact copy in the trial checkpoints, so seed {seed} runs again "
+                      f"(the file is kept as {aside.name})", flush=True)
+                continue
+            copy, trial_id = found
+            overrides = (configs.get(cid) or {}).get("overrides", {})
+            # As the driver filed it from that checkpoint (ResultWriter._copy_final): the core's record + identity.
+            write_json(path, {**json.loads(copy.read_text()), "config_id": cid, "trial_id": trial_id,
+                              "overrides": overrides, "label": label(overrides)})
+            print(f"{path}: {problem}; restored from the trial checkpoint {copy}", flush=True)
+
+
+def _checkpoint_copy(storage: Path, cid: str, seed: int) -> tuple[Path, str] | None:
+    """The newest intact result.json of (config, seed) in the checkpoints of any Tuner of the experiment, with the
+    id of the trial it is from."""
+    found = []
+    for trial in storage.glob(f"*/{cid}-seed*"):
+        parsed = _trial_of_dirname(trial.name, cid)
+        if parsed is None or seed not in parsed[0]:
+            continue
+        for copy in trial.glob(f"checkpoint_*/{seed_dir(seed)}/{RESULT_FILE}"):
+            if result_problem(copy) is None:
+                found.append((copy.stat().st_mtime, copy, parsed[1]))
+    return max(found)[1:] if found else None
+
+
+def tune_state_problem(path: Path) -> str | None:
+    """Why a Tuner's saved state cannot be restored, or None. Tune writes its state files in place, so a full disk
+    leaves them truncated, and a restore then fails and forgets the trials it held. Checked without loading a pickle:
+    pickletools only parses it."""
+    for f in sorted(path.iterdir()):
+        try:
+            if f.name.startswith("experiment_state-"):  # JSON: the trials and the run's state
+                json.loads(f.read_text())
+            elif f.suffix == ".pkl" or f.name.startswith("search_gen_state-"):  # pickles (the latter despite .json)
+                for _ in pickletools.genops(f.read_bytes()):
+                    pass
+        except (OSError, ValueError) as e:
+            return f"{f.name}: {str(e) or type(e).__name__}"
+    return None
 
 
 @contextmanager
@@ -303,6 +459,12 @@ def _ctrl_c_stops_tune():
             os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER")
         else:
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = disabled
+
+
+def _without_result(trials: list[dict[str, Any]], exp_dir: Path) -> list[dict[str, Any]]:
+    """The trials with a seed that has no result.json."""
+    return [t for t in trials if any(not (run_dir(exp_dir, t["config_id"], s) / RESULT_FILE).is_file()
+                                     for s in seeds_of(t))]
 
 
 class _Runner:
@@ -354,18 +516,40 @@ class _Runner:
         return self._tune_list("confirm", trials, None, self.confirm_dir)
 
     def _tune_list(self, name: str, trials: list[dict[str, Any]], scheduler, exp_dir: Path) -> bool:
-        """A fixed list of trials; result.json is the truth of what ran. A trial that Tune's saved state lost (a
-        driver killed between handing out a trial and recording it) is run again in a Tuner of its own."""
-        if self._tune(name, ListSearcher(trials), len(trials), scheduler, exp_dir):
-            return True
-        if self._interrupted:
+        """A fixed list of trials; result.json is the truth of what ran. A Tuner without saved state to continue
+        (a new one, or one whose state could not be read) gets only the trials without a result, so finished seeds
+        never run again. A trial left without a result at the end (lost from Tune's state by a driver killed between
+        handing it out and recording it, or whose result.json was set aside as corrupt) runs again in a Tuner of its
+        own."""
+        todo = trials if self._restorable(name) else _without_result(trials, exp_dir)
+        if todo and not self._tune(name, ListSearcher(todo), len(todo), scheduler, exp_dir) and self._interrupted:
             return False
-        lost = [t for t in trials if any(not (run_dir(exp_dir, t["config_id"], s) / RESULT_FILE).is_file()
-                                         for s in seeds_of(t))]
+        lost = _without_result(trials, exp_dir)
         if not lost:
             return True
-        self._say(f"{name}: {len(lost)} trial(s) without a result (lost from Tune's state); running them again")
-        return self._tune(f"{name}-rerun", ListSearcher(lost), len(lost), scheduler, exp_dir)
+        self._say(f"{name}: {len(lost)} trial(s) without a result; running them again")
+        # Named after what it runs: an interrupted rerun of the same trials continues, other lost trials get their own.
+        rerun = config_id({"rerun": sorted([t["config_id"], seeds_of(t)] for t in lost)})
+        return self._tune(f"{name}-rerun-{rerun}", ListSearcher(lost), len(lost), scheduler, exp_dir)
+
+    def _restorable(self, name: str) -> bool:
+        """Whether the Tuner `name` has saved state to continue from. State that cannot be read is set aside (kept
+        for inspection): its trials are then planned from result.json instead."""
+        from ray import tune
+
+        path = self._tune_path(name)
+        if not tune.Tuner.can_restore(path):
+            return False
+        problem = None if "://" in path else tune_state_problem(Path(path))
+        if problem is None:
+            return True
+        aside = set_aside(path, "unreadable")
+        self._say(f"{name}: Tune's saved state cannot be read ({problem}); kept as {aside.name}, and the trials are "
+                  "planned again from result.json (finished seeds do not run again)")
+        return False
+
+    def _tune_path(self, name: str) -> str:
+        return f"{self.storage.rstrip('/')}/{name}"
 
     def ranking(self) -> list[tuple[float, dict[str, Any]]]:
         """Configs by their mean selection score over the search seeds (best first)."""
@@ -404,8 +588,8 @@ class _Runner:
 
         meta = read_experiment_json(exp_dir)
         trainable = tune.with_resources(tune.with_parameters(run_trial, spec=self.spec), self.spec.trial_resources())
-        path = f"{self.storage.rstrip('/')}/{name}"
-        if tune.Tuner.can_restore(path):
+        path = self._tune_path(name)
+        if self._restorable(name):
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
         else:
             callbacks = [ResultWriter(exp_dir, self.spec, self.plan.primary_metric, self.plan.scheduler_name),
@@ -443,10 +627,14 @@ class _Runner:
 
     def log_and_print(self) -> None:
         from ptray.analysis.report import log_experiment
+        from ptray.distributed.mlflow_callback import warn_tracking_failed
         from ptray.tracking.summary import print_summary
 
         for d in (self.dir, self.confirm_dir):
             if (d / EXPERIMENT_FILE).is_file():
-                log_experiment(d, self.tracking_uri)
+                try:
+                    log_experiment(d, self.tracking_uri)
+                except Exception as e:  # tracking is best-effort here too: the table comes from result.json
+                    warn_tracking_failed(self.tracking_uri, d, f"logging the folder: {type(e).__name__}: {e}")
                 print()
                 print_summary(d)

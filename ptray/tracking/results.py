@@ -2,9 +2,10 @@
 (the folder's layout: ptray.layout).
 
 A (config, seed) that experiment.json promises but that has no result.json is kept as a `missing` seed (the trial
-crashed before the core wrote its result, or has not run yet): it counts as failed, never silently dropped. A seed a
-scheduler stopped early (status `stopped`) was pruned, not failed: it is listed, but left out of the statistics. Every
-other seed that finished is in the statistics, whatever its score (`ConfigResults.summary`).
+crashed before the core wrote its result, or has not run yet): it counts as failed, never silently dropped. While a
+live `ptray tune` owns the folder (ptray.layout.owner), such a seed is `running` instead: listed, not yet counted. A
+seed a scheduler stopped early (status `stopped`) was pruned, not failed: it is listed, but left out of the
+statistics. Every other seed that finished is in the statistics, whatever its score (`ConfigResults.summary`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ptray import stats
-from ptray.layout import RUNS_DIR, read_experiment_json, result_files, seed_of_dir
+from ptray.layout import RUNS_DIR, owner, read_experiment_json, result_files, result_problem, seed_of_dir
 
 MISSING_REASON = "no result.json: the trial crashed before training finished, or has not run yet"
 
@@ -26,7 +27,7 @@ MISSING_REASON = "no result.json: the trial crashed before training finished, or
 class SeedResult:
     config_id: str
     seed: int
-    status: str  # ok | failed | missing | stopped
+    status: str  # ok | failed | missing | stopped | running
     reason: str | None = None
     report: dict[str, float] = field(default_factory=dict)
     selection: dict[str, float] = field(default_factory=dict)
@@ -55,13 +56,16 @@ class SeedResult:
 
     @classmethod
     def from_file(cls, path: Path, config_id: str) -> "SeedResult":
-        try:
-            d = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            # A truncated file (a worker killed mid-write) is a failed seed with a reason, not a crash of the report.
-            seed = seed_of_dir(Path(path).parent)
-            return cls(config_id, seed, "failed", f"unreadable {path}: {e}", path=Path(path))
-        return cls.from_dict(d, config_id, Path(path))
+        # A file that is no seed's record (truncated by a full disk, or of another schema), or whose values are of the
+        # wrong kind, is a failed seed that names the file: the report goes on, and the seed counts as failed.
+        path = Path(path)
+        problem = result_problem(path)
+        if problem is None:
+            try:
+                return cls.from_dict(json.loads(path.read_text()), config_id, path)
+            except (TypeError, ValueError, AttributeError) as e:
+                problem = f"{type(e).__name__}: {e}"
+        return cls(config_id, seed_of_dir(path.parent), "failed", f"broken record {path}: {problem}", path=path)
 
     @property
     def ok(self) -> bool:
@@ -90,8 +94,8 @@ class ConfigResults:
 
     @property
     def scored(self) -> list[SeedResult]:
-        """The seeds the statistics are over: all but those a scheduler stopped early."""
-        return [s for s in self.seeds if s.status != "stopped"]
+        """The seeds the statistics are over: all but those a scheduler stopped early and those still running."""
+        return [s for s in self.seeds if s.status not in ("stopped", "running")]
 
     @property
     def seed_ids(self) -> list[int]:
@@ -151,6 +155,10 @@ class Experiment:
     configs: dict[str, ConfigResults]
     baseline_config_id: str | None
     primary_metric: str
+    owner: str | None = None  # the PID of the live `ptray tune` running the folder, if one is
+
+    def running(self) -> list[SeedResult]:
+        return [s for c in self.configs.values() for s in c.seeds if s.status == "running"]
 
     def baseline(self, choice: str | None = None) -> ConfigResults:
         """The reference config: `choice` (id or label), else experiment.json's, else the first vanilla config,
@@ -190,9 +198,10 @@ def load_experiment(directory: str | Path) -> Experiment:
     runs = root / RUNS_DIR
     on_disk = sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
     seeds = [int(s) for s in meta.get("seeds") or []]
+    running = owner(root)
 
     ids = list(declared) + [c for c in on_disk if c not in declared]
-    loaded = {cid: load_config_seeds(root, cid, seeds) for cid in ids}
+    loaded = {cid: load_config_seeds(root, cid, seeds, running) for cid in ids}
 
     primary = next((s.raw["primary_metric"] for rs in loaded.values() for s in rs if s.raw.get("primary_metric")),
                    "accuracy")
@@ -207,17 +216,23 @@ def load_experiment(directory: str | Path) -> Experiment:
     if not configs:
         raise FileNotFoundError(f"{root} holds no configs: experiment.json lists none and {runs} has no run folders")
     return Experiment(root, meta.get("name") or root.name, meta.get("config") or {}, seeds, configs,
-                      meta.get("baseline_config_id"), primary)
+                      meta.get("baseline_config_id"), primary, running)
 
 
-def load_config_seeds(directory: str | Path, config_id: str, seeds: list[int]) -> list[SeedResult]:
-    """A config's seeds, sorted: every result.json under DIR/runs/<config_id>/, and `missing` for promised seeds."""
+def load_config_seeds(directory: str | Path, config_id: str, seeds: list[int],
+                      running: str | None = None) -> list[SeedResult]:
+    """A config's seeds, sorted: every result.json under DIR/runs/<config_id>/, and for promised seeds without one
+    `missing`, or `running` while the `ptray tune` of PID `running` owns the folder."""
     found = {}
     for f in result_files(directory, config_id):
         r = SeedResult.from_file(f, config_id)
         found[r.seed] = r
     for s in seeds:
-        found.setdefault(s, SeedResult(config_id, s, "missing", MISSING_REASON))
+        if running:
+            found.setdefault(s, SeedResult(config_id, s, "running", f"running: ptray tune (PID {running}) owns the "
+                                                                      "folder and has not filed this seed yet"))
+        else:
+            found.setdefault(s, SeedResult(config_id, s, "missing", MISSING_REASON))
     return [found[s] for s in sorted(found)]
 
 

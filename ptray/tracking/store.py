@@ -17,6 +17,7 @@ and the UI use this module without a cluster.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -25,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ptray import stats
-from ptray.layout import ADAPTER_FILE, ARTIFACTS_DIR, DB_FILE, flatten, read_experiment_json
+from ptray.layout import (ADAPTER_FILE, ARTIFACTS_DIR, DB_FILE, flatten, read_experiment_json, redact,
+                          without_redacted)
 from ptray.tracking.results import ConfigResults, Experiment, SeedResult, load_config_seeds, load_experiment
 
 EXPERIMENT_KIND = "mlflow.experimentKind"
@@ -40,7 +42,9 @@ _STATISTICS = stats.SUMMARY_STATISTICS + tuple(k + stats.NONDEGENERATE for k in 
 def resolve_tracking_uri(experiment_dir: str | Path, config: dict | None = None) -> str:
     """Where an experiment is tracked: the config's tracking.uri, else $MLFLOW_TRACKING_URI, else DIR/mlflow.db."""
     uri = ((config or {}).get("tracking") or {}).get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{Path(experiment_dir).resolve() / DB_FILE}"
+    # experiment.json keeps no credentials (ptray.layout.redact): MLflow takes them from MLFLOW_TRACKING_USERNAME /
+    # MLFLOW_TRACKING_PASSWORD instead.
+    return without_redacted(uri) if uri else f"sqlite:///{Path(experiment_dir).resolve() / DB_FILE}"
 
 
 def open_tracker(experiment_dir: str | Path, tracking_uri: str | None = None) -> "Tracker":
@@ -72,12 +76,15 @@ def _open_store(uri: str, experiment_dir: Path):
         journal = db.with_name(f"{DB_FILE}-journal")
         if journal.is_file():
             journal.rename(aside.with_name(f"{aside.name}-journal"))
-        # MLflow keeps one engine per URI for the process; it still points at the file moved aside.
+        # MLflow keeps one engine per URI and one store per URI for the process; both still point at the file moved
+        # aside, and a cached store never creates the tables of the new file (a sweep that reopens its store).
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
 
         engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)
         if engine is not None:
             engine.dispose()
+        _tracking_store_registry._get_store_with_resolved_uri.cache_clear()
         print(f"warning: the MLflow store {db} could not be opened ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
               f"moved it to {aside.name} and rebuilding it from the folder's results", file=sys.stderr)
         return MlflowClient(uri)
@@ -111,19 +118,24 @@ class Tracker:
         return self.client.create_experiment(name, artifact_location=location,
                                              tags={"ptray.dir": str(self.dir), EXPERIMENT_KIND: "custom_model_development"})
 
+    def _key(self, **tags: str) -> str:
+        """What a run is found by (its ptray.key tag), so a resumed sweep or a second log_experiment reuses it: a hash
+        of the folder (two folders may share a name on one tracking server) and the run's role, config and seed.
+        A hash, because MLflow's filter strings have no escape for a quote, which a folder's path may hold."""
+        return hashlib.sha1(json.dumps([str(self.dir), tags], sort_keys=True).encode()).hexdigest()
+
     def _find(self, **tags: str) -> str | None:
-        # Runs are keyed by tags, not names, so a resumed sweep or a second log_experiment reuses them. The folder
-        # is part of the key: two folders may share a name on one tracking server.
-        clauses = [f"tags.`ptray.{k}` = '{v}'" for k, v in {"dir": str(self.dir), **tags}.items()]
-        runs = self.client.search_runs([self.experiment_id], " and ".join(clauses), max_results=1)
+        runs = self.client.search_runs([self.experiment_id], f"tags.`ptray.key` = '{self._key(**tags)}'",
+                                       max_results=1)
         return runs[0].info.run_id if runs else None
 
     def parent(self, config_id: str, label: str, overrides: dict) -> str:
         if config_id not in self._parents:
             run_id = self._find(role="parent", config_id=config_id)
             if run_id is None:
-                tags = {"ptray.role": "parent", "ptray.dir": str(self.dir), "ptray.config_id": config_id,
-                        "ptray.label": label, "ptray.overrides": json.dumps(overrides, sort_keys=True)}
+                tags = {"ptray.key": self._key(role="parent", config_id=config_id), "ptray.role": "parent",
+                        "ptray.dir": str(self.dir), "ptray.config_id": config_id, "ptray.label": label,
+                        "ptray.overrides": json.dumps(overrides, sort_keys=True)}
                 run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=run_name(overrides)).info.run_id
                 self._add_params(run_id, self._params(overrides))
             self._parents[config_id] = run_id
@@ -134,9 +146,10 @@ class Tracker:
         if key not in self._children:
             run_id = self._find(role="seed", config_id=config_id, seed=str(seed))
             if run_id is None:
-                tags = {"mlflow.parentRunId": self.parent(config_id, label, overrides), "ptray.role": "seed",
-                        "ptray.dir": str(self.dir), "ptray.config_id": config_id, "ptray.seed": str(seed),
-                        "ptray.label": label}
+                tags = {"mlflow.parentRunId": self.parent(config_id, label, overrides),
+                        "ptray.key": self._key(role="seed", config_id=config_id, seed=str(seed)),
+                        "ptray.role": "seed", "ptray.dir": str(self.dir), "ptray.config_id": config_id,
+                        "ptray.seed": str(seed), "ptray.label": label}
                 run_id = self.client.create_run(self.experiment_id, tags=tags,
                                                 run_name=f"{run_name(overrides)} seed {seed}").info.run_id
                 self._add_params(run_id, {**self._params(overrides), "train.seed": seed})
@@ -205,15 +218,16 @@ class Tracker:
             tags["ptray.at_majority"] = str(any(s is result for s in config.majority_seeds())).lower()
         if failed:
             tags["ptray.failure_reason"] = _text(config.failure_reason(result), _MAX_TAG)
-        elif "ptray.failure_reason" in run.tags:
-            # Stores written before seeds at the majority class counted as finished gave them a failure reason.
-            self.client.delete_tag(run_id, "ptray.failure_reason")
         if raw.get("warnings"):
             tags["ptray.warnings"] = _text("\n".join(raw["warnings"]), _MAX_TAG)
         if raw.get("traceback"):
-            tags["ptray.traceback"] = raw["traceback"][-_MAX_TAG:]  # the end of a traceback says what broke
+            tags["ptray.traceback"] = redact(raw["traceback"])[-_MAX_TAG:]  # the end of a traceback says what broke
         for k, v in tags.items():
             self.client.set_tag(run_id, k, v)
+        # What an earlier outcome of this seed left (it failed, then a resume finished it) must not outlive it.
+        for k in ("ptray.failure_reason", "ptray.warnings", "ptray.traceback"):
+            if k in run.tags and k not in tags:
+                self.client.delete_tag(run_id, k)
         if result.path is not None:
             self.client.log_artifact(run_id, str(result.path))
         status = {"ok": "FINISHED", "stopped": "KILLED"}.get(result.status, "FAILED")
@@ -260,17 +274,22 @@ class Tracker:
                              primary, [seeds[k] for k in sorted(seeds)])
 
     def sync(self) -> Experiment:
-        """Every config and seed of the folder from its result.json files; parents end. Returns the folder's results."""
+        """Every config and seed of the folder from its result.json files; parents end. Returns the folder's results.
+        While another process's `ptray tune` runs the folder, its seeds without a result are `running`: their runs,
+        and the parents of their configs, are left as they are (that sweep ends them)."""
         exp = load_experiment(self.dir)
         for c in exp.configs.values():
             for r in c.seeds:
+                if r.status == "running":
+                    continue
                 known = (c.config_id, r.seed) in self._children or self._find(
                     role="seed", config_id=c.config_id, seed=str(r.seed))
                 if r.status == "missing" and known:
                     continue  # the callback recorded why the trial died; "no result.json" would say less
                 self.finish_seed(c, r)
             self.update_parent(c)
-            self.client.set_terminated(self.parent(c.config_id, c.label, c.overrides), "FINISHED")
+            if not any(r.status == "running" for r in c.seeds):
+                self.client.set_terminated(self.parent(c.config_id, c.label, c.overrides), "FINISHED")
         self._log_best_adapter(exp)
         return exp
 
@@ -310,7 +329,7 @@ def run_name(overrides: dict) -> str:
 
 
 def _text(v: Any, limit: int) -> str:
-    s = v if isinstance(v, str) else json.dumps(v)
+    s = redact(v if isinstance(v, str) else json.dumps(v))
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 

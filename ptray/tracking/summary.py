@@ -5,7 +5,7 @@ The numbers are `ConfigResults.summary`, the ones `ptray report` and the MLflow 
 finished seeds the statistics are over, whatever their score: a seed stuck at the majority class is exactly the worst
 seed a reader should see. `failed` counts seeds that crashed, diverged or wrote no result (no score, so not averaged);
 `<=majority` the finished seeds at or below the majority-class baseline. Seeds a scheduler stopped early (pruned) are
-neither: they are counted under the table, and left out of it."""
+neither: they are counted under the table, and left out of it, as are the seeds of a sweep still running."""
 from __future__ import annotations
 
 import math
@@ -37,6 +37,10 @@ def print_summary(directory: str | Path, file: TextIO | None = None) -> None:
         print("failed (no score, not in the statistics):", *failures, sep="\n", file=out)
     if low:
         print("at or below the majority class (in the statistics):", *low, sep="\n", file=out)
+    running = exp.running()
+    if running:
+        print(f"{len(running)} seed(s) still running (ptray tune PID {exp.owner} owns the folder): not in the table "
+              "yet", file=out)
     stopped = sum(s.status == "stopped" for c in exp.configs.values() for s in c.seeds)
     if stopped:
         print(f"{stopped} seed(s) stopped early by the scheduler: pruned, not in the table (`ptray report` lists them)",

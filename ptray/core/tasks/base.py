@@ -6,6 +6,9 @@ candidates. Prediction is the argmax over the options; the loss is cross-entropy
 """
 from __future__ import annotations
 
+import csv
+import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -39,6 +42,9 @@ class Task:
     name: ClassVar[str] = ""
     # Values of the label column, in option order; None for multiple-choice tasks.
     labels: ClassVar[list[str] | None] = None
+    # The fields every row must have a value for (to_examples reads them): a row without one is refused, naming its
+    # file and line, instead of training on the text "None".
+    fields: ClassVar[tuple[str, ...]] = ()
     # What an LM says for each label (first token scored); one per label.
     label_words: ClassVar[list[str] | None] = None
     primary_metric: ClassVar[str] = "accuracy"
@@ -78,24 +84,32 @@ class Task:
             if not p.is_file():
                 raise ConfigError(f"task {self.name}: split file {str(p)!r} does not exist (split {split!r})")
 
-    def read_rows(self, split: str) -> list[dict]:
-        import datasets
+    def required_fields(self) -> list[str]:
+        return list(self.fields)
 
-        path = self.split_path(split)
-        ds = datasets.load_dataset("json", data_files=str(path), split="train")
-        return ds.to_list()
+    def read_rows(self, split: str) -> list[tuple[int, dict]]:
+        """(line number, row) of every row of the split. Read as written: a field a row lacks stays missing (a
+        dataset loader would fill it with None, and None would reach the model as text)."""
+        return read_table(self.split_path(split))
 
     def load(self, split: str, limit: int | None = None) -> list[Example]:
-        rows = self.read_rows(split)
+        source, needed = self.describe_source(split), self.required_fields()
         examples: list[Example] = []
-        for i, row in enumerate(rows):
+        for i, (line, row) in enumerate(self.read_rows(split)):
+            empty = [f for f in needed if row.get(f) in (None, "")]
+            if empty:
+                raise ConfigError(f"{source}:{line}: no value for {', '.join(map(repr, empty))} (task {self.name} "
+                                  f"reads {', '.join(needed)}); fix or drop that row")
             try:
                 examples.extend(self.to_examples(row))
             except UnknownLabel as e:
                 raise ConfigError(
-                    f"task {self.name}: {self.describe_source(split)} row {i + 1} has label {e.value!r}, which is "
+                    f"task {self.name}: {source} row {i + 1} has label {e.value!r}, which is "
                     f"not in the task's label set {self.get_labels()}; fix the data or the task's labels"
                 ) from None
+            except (KeyError, TypeError, AttributeError) as e:  # a nested field missing or of another kind
+                raise ConfigError(f"{source}:{line}: not a row of task {self.name} ({type(e).__name__}: {e}); fix "
+                                  "or drop that row") from None
         if limit is not None:
             examples = examples[:limit]
         return examples
@@ -129,6 +143,54 @@ class Task:
         if not examples:
             return float("nan")
         return Counter(e.label for e in examples).most_common(1)[0][1] / len(examples)
+
+
+FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": ",", ".tsv": "\t"}
+
+
+def read_table(path: Path) -> list[tuple[int, dict]]:
+    """(line number, row) of a jsonl, csv or tsv file (by extension); a line that does not parse, or a file without
+    rows, is one error that names the file, the line and what was expected."""
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise ConfigError(f"{path}: unknown data format {path.suffix!r}; use one of {', '.join(FORMATS)}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
+    if kind == "jsonl":
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path}:{n}: not a JSON object ({e.msg}, column {e.colno}); "
+                                  "expected one JSON object per line") from None
+            if not isinstance(row, dict):
+                raise ConfigError(f"{path}:{n}: a JSON {type(row).__name__}, expected one JSON object per line")
+            rows.append((n, row))
+        if not rows:
+            raise ConfigError(f"{path}: empty; expected one JSON object per line")
+        return rows
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=kind)
+    header = next(reader, None)
+    if not header:
+        raise ConfigError(f"{path}: empty; expected a header line of column names, then one row per line")
+    rows = []
+    for values in reader:
+        if not values:
+            continue
+        if len(values) != len(header):
+            name = "tab" if kind == "\t" else "comma"
+            raise ConfigError(f"{path}:{reader.line_num}: {len(values)} {name}-separated fields, expected "
+                              f"{len(header)} like the header ({', '.join(header)})")
+        rows.append((reader.line_num, dict(zip(header, values))))
+    if not rows:
+        raise ConfigError(f"{path}: a header line and no rows; expected one row per line after the header")
+    return rows
+
 
 
 class UnknownLabel(Exception):

@@ -6,6 +6,7 @@ class BoolQ(Task):
     name = "boolq"
     labels = ["false", "true"]
     label_words = ["No", "Yes"]
+    fields = ("question", "passage", "label")
 
     def folder_name(self) -> str:
         return "BoolQ"

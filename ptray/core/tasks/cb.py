@@ -7,6 +7,7 @@ class CB(Task):
     labels = ["entailment", "contradiction", "neutral"]
     label_words = ["Yes", "No", "Maybe"]
     primary_metric = "acc_and_f1"
+    fields = ("premise", "hypothesis", "label")
 
     def folder_name(self) -> str:
         return "CB"

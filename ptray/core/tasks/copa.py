@@ -5,6 +5,7 @@ from ptray.core.tasks.base import Example, Task, UnknownLabel
 class COPA(Task):
     name = "copa"
     labels = None
+    fields = ("premise", "choice1", "choice2", "question", "label")
 
     def folder_name(self) -> str:
         return "COPA"

@@ -9,14 +9,11 @@ YAML:
       labels: [entailment, not_entailment]
       label_words: ["Yes", "No"]           # optional; what an LM says for each label (default: the labels)
 """
-import csv
-import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ptray.config_base import ConfigError
-from ptray.core.tasks.base import Example, Task
+from ptray.core.tasks.base import FORMATS, Example, Task
 
 
 # Decorated so that the generated __init__ runs __post_init__ (Task's does not: it has none of its own).
@@ -62,76 +59,27 @@ class Custom(Task):
             if not p.is_file():
                 raise ConfigError(f"task {self.name}: split file {str(p)!r} does not exist (split {split!r})")
 
+    def required_fields(self):
+        return [*self.config.text_fields, self.config.label_column]
+
     def read_rows(self, split):
-        path = self.split_path(split)
-        rows = read_table(path)
-        c = self.config
-        needed = [*c.text_fields, c.label_column]
+        rows = super().read_rows(split)
+        # A first row without the columns is a file read with the wrong delimiter or declared with the wrong names:
+        # one error for the file, not one per row.
+        needed, path = self.required_fields(), self.split_path(split)
         if rows and not all(f in rows[0][1] for f in needed):
             sep = {",": " (read as comma-separated, by its extension)", "\t": " (read as tab-separated, by its "
                    "extension)"}.get(FORMATS[path.suffix.lower()], "")
             raise ConfigError(f"{path}:{rows[0][0]}: no column(s) {', '.join(repr(f) for f in needed if f not in rows[0][1])}"
                               f" (task.text_fields / task.label_column); its columns are {sorted(rows[0][1])}{sep}")
-        for line, row in rows:
-            empty = [f for f in needed if row.get(f) in (None, "")]
-            if empty:
-                # Never train on the text "None": a row without its fields is an error in the data.
-                raise ConfigError(f"{path}:{line}: no value for column(s) {', '.join(map(repr, empty))} "
-                                  f"(task.text_fields / task.label_column); fix or drop that row")
-        return [row for _, row in rows]
+        return rows
 
     def to_examples(self, row):
         c = self.config
-        for f in [*c.text_fields, c.label_column]:
-            if f not in row:
-                raise ConfigError(f"task {self.name}: column {f!r} is not in the data; columns are {sorted(row)}")
         texts = [str(row[f]) for f in c.text_fields]
         text_b = texts[1] if len(texts) > 1 else None
         source = "\n".join(texts) + "\nAnswer:"
         return [Example(texts[0], text_b, self.label_index(row[c.label_column]), lm_source=source)]
-
-
-FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": ",", ".tsv": "\t"}
-
-
-def read_table(path: Path) -> list[tuple[int, dict]]:
-    """(line number, row) of a jsonl, csv or tsv file (by extension); a line that does not parse is one error that
-    names the file, the line and what was expected."""
-    kind = FORMATS.get(path.suffix.lower())
-    if kind is None:
-        raise ConfigError(f"{path}: unknown data format {path.suffix!r}; use one of {', '.join(FORMATS)}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
-    if kind == "jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}:{n}: not a JSON object ({e.msg} at column {e.colno}); "
-                                  "expected one JSON object per line") from None
-            if not isinstance(row, dict):
-                raise ConfigError(f"{path}:{n}: a JSON {type(row).__name__}, expected one JSON object per line")
-            rows.append((n, row))
-        return rows
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=kind)
-    header = next(reader, None)
-    if not header:
-        raise ConfigError(f"{path}: empty; expected a header line of column names, then one row per line")
-    rows = []
-    for values in reader:
-        if not values:
-            continue
-        if len(values) != len(header):
-            name = "tab" if kind == "\t" else "comma"
-            raise ConfigError(f"{path}:{reader.line_num}: {len(values)} {name}-separated fields, expected "
-                              f"{len(header)} like the header ({', '.join(header)})")
-        rows.append((reader.line_num, dict(zip(header, values))))
-    return rows
 
 
 class Hub(Custom):
@@ -151,4 +99,4 @@ class Hub(Custom):
     def read_rows(self, split):
         import datasets
 
-        return datasets.load_dataset(self.config.dataset, self.config.subset, split=split).to_list()
+        return list(enumerate(datasets.load_dataset(self.config.dataset, self.config.subset, split=split).to_list(), 1))

@@ -10,6 +10,7 @@ class MultiRC(Task):
     labels = ["0", "1"]
     label_words = ["No", "Yes"]
     primary_metric = "f1a"
+    fields = ("idx", "passage")
 
     def folder_name(self) -> str:
         return "MultiRC"

@@ -11,6 +11,7 @@ class ReCoRD(Task):
     name = "record"
     labels = None
     primary_metric = "f1"
+    fields = ("passage", "qas")
 
     def folder_name(self) -> str:
         return "ReCoRD"

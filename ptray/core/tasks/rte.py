@@ -6,6 +6,7 @@ class RTE(Task):
     name = "rte"
     labels = ["entailment", "not_entailment"]
     label_words = ["Yes", "No"]
+    fields = ("premise", "hypothesis", "label")
 
     def folder_name(self) -> str:
         return "RTE"

@@ -18,6 +18,7 @@ class SentenceTask(Task):
     # What an LM reads before its label word.
     template: ClassVar[str] = "{sentence} It was"
     unbalanced: ClassVar[bool] = False
+    fields = ("sentence", "label")
 
     def to_examples(self, row):
         sentence = row["sentence"]

@@ -6,6 +6,7 @@ class WiC(Task):
     name = "wic"
     labels = ["false", "true"]
     label_words = ["No", "Yes"]
+    fields = ("word", "sentence1", "sentence2", "label")
 
     def folder_name(self) -> str:
         return "WiC"

@@ -8,6 +8,7 @@ class WSC(Task):
     name = "wsc"
     labels = ["false", "true"]
     label_words = ["No", "Yes"]
+    fields = ("text", "target", "label")
 
     def folder_name(self) -> str:
         return "WSC"
