@@ -33,4 +33,5 @@ def test_two_worker_trial_trains_with_zero3_and_checkpoints(data_dir, tmp_path):
     assert any("zero_pp_rank_0" in s for s in shards) and any("zero_pp_rank_1" in s for s in shards), shards
     [states] = last.rglob("zero_pp_rank_0_*model_states.pt")
     client = torch.load(states, map_location="cpu", weights_only=False)
-    assert client["step"] == 6 and [h["step"] for h in client["loop"]["history"]] == list(range(1, 7))
+    [seed_state] = client["loop"]["seeds"]  # the trial's one seed: a pack of one
+    assert client["step"] == 6 and [h["step"] for h in seed_state["history"]] == list(range(1, 7))
