@@ -146,6 +146,10 @@ CASES = [
     Case("rte-row-null-premise", ["train", "t.yaml", "task.data_dir=rte"], "RTE/train.jsonl:3: no value for "
                                                                             "'premise'",
          {"rte/RTE/train.jsonl": null_premise}),
+    Case("multirc-row-without-questions", ["train", "t.yaml", "task.name=multirc", "task.data_dir=mrc"],
+         "MultiRC/val.jsonl:1: not a row of task multirc (KeyError: 'questions'); fix or drop that row",
+         {f"mrc/MultiRC/{split}.jsonl": '{"idx": 0, "passage": {"text": "A passage."}}\n'
+          for split in ("train", "dev32", "val")}),
     # --- output folders and experiment folders
     Case("train-output-is-a-file", ["train", "t.yaml", "--output", "afile"],
          "output folder afile: afile is a file, not a folder; choose another output folder"),

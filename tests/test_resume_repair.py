@@ -4,11 +4,18 @@ Tune's own state truncated falls back to planning from result.json (finished see
 run); a result.json of another schema is a broken record in `ptray report`, not a crash."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
 from ptray.layout import config_id
 from tune_util import run_ptray, write_config
+
+
+def truncate_state(tuner: Path) -> None:
+    """What a full disk leaves of Tune's state file, which Tune writes in place."""
+    for state in tuner.glob("experiment_state-*.json"):
+        state.write_text(state.read_text()[:200])
 
 
 @pytest.mark.slow
@@ -39,8 +46,7 @@ def test_resume_repairs_results_and_tune_state(data_dir, tmp_path):
 
     # A full disk truncates Tune's own state (written in place), and seed 2 never got its result.
     before = {s: files[s].read_text() for s in (0, 1)}
-    for state in search.glob("experiment_state-*.json"):
-        state.write_text(state.read_text()[:200])
+    truncate_state(search)
     files[2].unlink()
     p = run_ptray("tune", "--resume", out)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -48,6 +54,18 @@ def test_resume_repairs_results_and_tune_state(data_dir, tmp_path):
     assert {s: files[s].read_text() for s in (0, 1)} == before  # finished seeds did not run again
     assert json.loads(files[2].read_text())["status"] == "ok"
     assert len(list(out.glob("ray/search.unreadable-*"))) == 1
+
+    # The same in the Tuner that re-ran seed 1, which runs it again when seed 1's result is lost. Restoring that state,
+    # Tune starts over with nothing to hand out (issue 11 saw every --resume end so, exit 130, the seed never run).
+    before = {s: files[s].read_text() for s in (0, 2)}
+    [rerun_state] = out.glob("ray/search-rerun-*")
+    truncate_state(rerun_state)
+    files[1].unlink()
+    p = run_ptray("tune", "--resume", out)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert f"{rerun_state.name}: Tune's saved state cannot be read (experiment_state-" in p.stdout
+    assert {s: files[s].read_text() for s in (0, 2)} == before
+    assert json.loads(files[1].read_text())["status"] == "ok"
 
     # A well-formed result.json of another schema: the report names it as a broken record and goes on.
     files[0].write_text(json.dumps({"accuracy": 0.9}))
@@ -92,3 +110,7 @@ def test_tune_state_is_checked_without_loading_its_pickles(tmp_path):
     assert tune_state_problem(tmp_path).startswith("searcher-state-1.pkl: ")
     (tmp_path / "experiment_state-1.json").write_text('{"trial_data": [')
     assert tune_state_problem(tmp_path).startswith("experiment_state-1.json: Expecting value")
+    # A later session's state is what a restore reads: the older truncated file is left alone.
+    (tmp_path / "searcher-state-1.pkl").write_bytes(state)
+    (tmp_path / "experiment_state-2.json").write_text(json.dumps({"trial_data": []}))
+    assert tune_state_problem(tmp_path) is None

@@ -416,13 +416,16 @@ def _checkpoint_copy(storage: Path, cid: str, seed: int) -> tuple[Path, str] | N
 
 def tune_state_problem(path: Path) -> str | None:
     """Why a Tuner's saved state cannot be restored, or None. Tune writes its state files in place, so a full disk
-    leaves them truncated, and a restore then fails and forgets the trials it held. Checked without loading a pickle:
-    pickletools only parses it."""
-    for f in sorted(path.iterdir()):
+    leaves them truncated, and a restore then fails and forgets the trials it held. A restore reads tuner.pkl and the
+    newest file of each kind (named after the session that wrote it, so the newest sorts last); an older one left
+    truncated does not matter. Checked without loading a pickle: pickletools only parses it."""
+    newest = [max(path.glob(f"{kind}-*"), default=None)
+              for kind in ("experiment_state", "search_gen_state", "searcher-state")]
+    for f in [path / "tuner.pkl", *filter(None, newest)]:
         try:
             if f.name.startswith("experiment_state-"):  # JSON: the trials and the run's state
                 json.loads(f.read_text())
-            elif f.suffix == ".pkl" or f.name.startswith("search_gen_state-"):  # pickles (the latter despite .json)
+            else:  # pickles (search_gen_state despite its .json)
                 for _ in pickletools.genops(f.read_bytes()):
                     pass
         except (OSError, ValueError) as e:
