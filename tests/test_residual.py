@@ -12,6 +12,8 @@ from ptray.config import ConfigError, config_from_dict
 from ptray.core import backbone as bb
 from ptray.core.data import Encoder, batches
 from ptray.core.engine import build_engine, close_engine
+from ptray.core.loop import RandomStream
+from ptray.core.packing import PackedModel
 from ptray.core.train import build_model, prepare, train
 from ptray.layout import ADAPTER_FILE
 
@@ -136,7 +138,9 @@ def test_real_run_learns_and_folds_exactly(data_dir, minilm, tmp_path):
     # The DeepSpeed checkpoint restores all 8 per-token MLPs into a model that started elsewhere (seed 1).
     prepared = prepare(cfg)
     restored, _ = make(data_dir, minilm, seed=1, **method, bottleneck=800)
-    engine = build_engine(restored, cfg.train, 15, torch.device("cpu"))
+    # Training wraps every run's seeds in a pack (a single seed is a pack of one): restore into one too.
+    engine = build_engine(PackedModel([restored], [RandomStream(1, torch.device("cpu"))], joint=False, pad_id=0),
+                          cfg.train, 15, torch.device("cpu"))
     assert not torch.equal(restored.method.export_state()["prompt"], adapter["method.prompt"])
     engine.load_checkpoint(str(checkpoint), load_module_strict=False)  # as train() resumes: frozen weights stay out
     close_engine(engine)
