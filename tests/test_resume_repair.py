@@ -34,7 +34,7 @@ def test_resume_repairs_results_and_tune_state(data_dir, tmp_path):
         files[s].write_text(intact[s][: len(intact[s]) // 2])
     for ckpt in search.glob(f"{cid}-seed1-*/checkpoint_*"):
         shutil.rmtree(ckpt)
-    p = run_ptray("tune", "--resume", out)
+    p = run_ptray("tune", "--resume", out, "--trust")  # the folder is this test's own
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert f"{files[0]}: unreadable" in p.stdout and "restored from the trial checkpoint" in p.stdout
     assert f"{files[1]}: unreadable" in p.stdout and "so seed 1 runs again" in p.stdout
@@ -48,7 +48,7 @@ def test_resume_repairs_results_and_tune_state(data_dir, tmp_path):
     before = {s: files[s].read_text() for s in (0, 1)}
     truncate_state(search)
     files[2].unlink()
-    p = run_ptray("tune", "--resume", out)
+    p = run_ptray("tune", "--resume", out, "--trust")  # the folder is this test's own
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "search: Tune's saved state cannot be read (experiment_state-" in p.stdout
     assert {s: files[s].read_text() for s in (0, 1)} == before  # finished seeds did not run again
@@ -61,7 +61,7 @@ def test_resume_repairs_results_and_tune_state(data_dir, tmp_path):
     [rerun_state] = out.glob("ray/search-rerun-*")
     truncate_state(rerun_state)
     files[1].unlink()
-    p = run_ptray("tune", "--resume", out)
+    p = run_ptray("tune", "--resume", out, "--trust")  # the folder is this test's own
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert f"{rerun_state.name}: Tune's saved state cannot be read (experiment_state-" in p.stdout
     assert {s: files[s].read_text() for s in (0, 2)} == before
