@@ -5,7 +5,6 @@ a failing seed fails alone; a pack resumes as an unbroken one; bad packs are ref
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file

@@ -201,7 +201,8 @@ class Loop:
 
     def __init__(self, seeds: list[SeedRun], engine, prepared, data: dict[str, list[Encoded]], pad_id: int,
                  total: int, progress: bool):
-        self.seeds, self.engine, self.p, self.data, self.pad_id, self.total = seeds, engine, prepared, data, pad_id, total
+        self.seeds, self.engine, self.p, self.data = seeds, engine, prepared, data
+        self.pad_id, self.total = pad_id, total
         self.tc = seeds[0].cfg.train
         self.rank, self.world = seeds[0].rank, seeds[0].world
         self.progress = progress and self.rank == 0

@@ -23,7 +23,7 @@ from ptray.config import ConfigError, ExperimentConfig
 from ptray.config_view import as_text
 from ptray.core import backbone as bb
 from ptray.core.data import Encoded, Encoder, sample_per_class
-from ptray.core.loop import Diverged, Loop, Reporter, SeedRun
+from ptray.core.loop import Loop, Reporter, SeedRun
 from ptray.core.methods.base import BackboneInfo
 from ptray.core.model import PromptModel
 from ptray.core.packing import PackedModel, check_pack
