@@ -23,6 +23,13 @@ def init_distributed(device: torch.device) -> None:
         # A lone process: a group of one, so the same engine code runs here and on a cluster.
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
         os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine reads it
+    if device.type == "cpu":
+        # On a CPU DeepSpeed compiles a shared-memory all-reduce op (~40 s) that only its inference all-reduce uses.
+        # Its build waits, forever, on a lock file that a process killed mid-build leaves behind. Training never
+        # calls the op, so it is marked unbuildable (the dict is DeepSpeed's cached probe, meant to be edited).
+        from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
+        deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
     deepspeed.init_distributed(dist_backend=backend, verbose=False)  # reuses the group that exists
 
 
