@@ -3,7 +3,8 @@ end to end on this CPU machine, checkpoints of both ranks included."""
 import pytest
 import torch
 
-from tune_util import results, run_ptray, write_config
+from conftest import results, run_ptray
+from tune_util import write_config
 
 
 @pytest.mark.slow
