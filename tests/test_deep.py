@@ -49,9 +49,10 @@ def test_prompt_perturbation_is_refused_for_deep_prompts():
     with pytest.raises(ConfigError, match=r"perturbation\.prompt=false"):
         config_from_dict({"method": {"name": "deep"},
                           "perturbation": {"space": "embedding", "kind": "random", "prompt": True}})
-    # Perturbing the input text or embeddings composes with deep prompts.
+    # Perturbing the input text or embeddings composes with deep prompts: the section is kept as given.
     for pert in ({"space": "text", "kind": "random"}, {"space": "embedding", "kind": "random"}):
-        assert config_from_dict({"method": {"name": "deep"}, "perturbation": pert}).perturbation is not None
+        kept = config_from_dict({"method": {"name": "deep"}, "perturbation": pert}).to_dict()["perturbation"]
+        assert {k: kept[k] for k in pert} == pert
 
 
 def test_encoder_prefix_shapes_and_mask(data_dir):
