@@ -150,7 +150,8 @@ def results(exp_dir: Path) -> dict[tuple[str, int], dict]:
 
 def rescored_report_metrics(folder: Path) -> dict:
     """The report metrics of a seed's folder recomputed from what it saved (result.json's config and the adapter), by
-    plain batches in file order: a filed metric that is not its adapter's score on the report split differs."""
+    plain batches in file order: a filed metric that is not its adapter's score on the report split differs. For a
+    method whose adapter is its trainable state (residual's is folded into a plain prompt: test_residual.py)."""
     import torch
     from safetensors.torch import load_file
 
