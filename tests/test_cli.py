@@ -2,16 +2,14 @@
 `ptray landscape` saying how far it is, and `ptray ui` owning its MLflow server."""
 import json
 import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, free_port, ptray_cmd, run_ptray
 
 
 def _train(cwd, *args):
-    return subprocess.run([sys.executable, "-m", "ptray.cli", "train", str(REPO / "experiments/quickstart.yaml"),
-                           *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return run_ptray("train", REPO / "experiments/quickstart.yaml", *args, cwd=cwd)
 
 
 def test_train_refuses_an_output_inside_a_tune_experiment(tmp_path):
@@ -23,13 +21,12 @@ def test_train_refuses_an_output_inside_a_tune_experiment(tmp_path):
     assert not (exp / "runs").exists()
 
 
-def test_train_default_output_sits_beside_tune_experiments(tmp_path, data_dir):
+def test_train_default_output_sits_beside_tune_experiments(tmp_path, sentence_dir):
     # A tune experiment of the same config at its default place does not capture `ptray train`'s default output.
     exp = tmp_path / "outputs" / "quickstart"
     exp.mkdir(parents=True)
     (exp / "experiment.json").write_text(json.dumps({"name": "quickstart", "configs": {}}))
-    sentence = data_dir.parent / "sentence"  # the quickstart's task, SUBJ, lives beside the SuperGLUE folder
-    p = _train(tmp_path, f"task.data_dir={sentence}", "train.max_steps=1", "train.eval_every=1",
+    p = _train(tmp_path, f"task.data_dir={sentence_dir}", "train.max_steps=1", "train.eval_every=1",
                "task.max_eval_examples=8")
     assert p.returncode == 0, p.stderr[-2000:]
     run = tmp_path / "outputs" / "train" / "quickstart" / "seed0"
@@ -37,9 +34,8 @@ def test_train_default_output_sits_beside_tune_experiments(tmp_path, data_dir):
     assert not (exp / "seed0").exists()
 
     # The landscape of that run: points^2 passes over the split, with a progress bar on stderr.
-    p = subprocess.run([sys.executable, "-m", "ptray.cli", "landscape", str(run), "--points", "3", "--radius", "1",
-                        "--max-examples", "8", "--data-dir", str(sentence)],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    p = run_ptray("landscape", run, "--points", "3", "--radius", "1", "--max-examples", "8", "--data-dir",
+                  sentence_dir, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "landscape 3x3 on 8 train examples" in p.stderr and "9/9" in p.stderr
     assert (run / "landscape" / "landscape.json").is_file()
@@ -67,18 +63,15 @@ def _listening(port):
 @pytest.mark.slow
 def test_ui_stops_its_server_when_it_is_terminated(tmp_path):
     import signal
-    import socket
     import time
 
     experiment_id = _store(tmp_path / "exp")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     # Output to files, not pipes: the server's workers inherit them, and reading a pipe they hold open never ends.
     out, err = tmp_path / "ui.out", tmp_path / "ui.err"
     with out.open("w") as o, err.open("w") as e:
-        ui = subprocess.Popen([sys.executable, "-m", "ptray.cli", "ui", str(tmp_path / "exp"), "--port", str(port)],
-                              stdout=o, stderr=e, text=True, cwd=REPO)
+        ui = subprocess.Popen(ptray_cmd("ui", tmp_path / "exp", "--port", port), stdout=o, stderr=e, text=True,
+                              cwd=REPO)
     try:
         # A guard against a server that never starts, not a speed check: MLflow 3's server has taken minutes to
         # start on a loaded 2-core machine.
@@ -106,25 +99,20 @@ def test_ui_refuses_a_port_in_use(tmp_path):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        p = subprocess.run([sys.executable, "-m", "ptray.cli", "ui", str(tmp_path / "exp"), "--port", str(port)],
-                           capture_output=True, text=True, cwd=REPO, timeout=120)
+        p = run_ptray("ui", tmp_path / "exp", "--port", port, timeout=120)
     assert p.returncode == 2 and f"port {port} on 127.0.0.1 is already in use" in p.stderr
 
 
-def _config(*args):
-    return subprocess.run([sys.executable, "-m", "ptray.cli", "config", *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=300)
-
-
 def test_config_prints_the_resolved_config_and_refuses_unknown_keys():
-    p = _config("experiments/quickstart.yaml", "train.lr=0.1", "train.seed=3")
+    p = run_ptray("config", "experiments/quickstart.yaml", "train.lr=0.1", "train.seed=3")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "lr: 0.1" in p.stdout and "# default 0.03" in p.stdout
     assert "init_seed: 3" in p.stdout and "# from train.seed" in p.stdout
     assert "name: quickstart" in p.stdout and "# from the config file's name" in p.stdout
-    values = json.loads(_config("train.lr=0.1", "--json").stdout)  # overrides without a file: the defaults
+    # Overrides without a file: the defaults.
+    values = json.loads(run_ptray("config", "train.lr=0.1", "--json").stdout)
     assert values["train.lr"]["value"] == 0.1 and values["train.lr"]["default"] == 0.03
     assert values["train.order_seed"] == {"value": 0, "default": None, "derived_from": "train.seed",
                                           "description": values["train.order_seed"]["description"]}
-    bad = _config("experiments/quickstart.yaml", "method.num_token=4")
+    bad = run_ptray("config", "experiments/quickstart.yaml", "method.num_token=4")
     assert bad.returncode == 2 and "method.num_token: unknown key" in bad.stderr and "num_tokens" in bad.stderr

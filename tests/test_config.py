@@ -1,20 +1,14 @@
 """Bad input fails before any model loads, with a message that names the key, the value and the fix."""
 import json
-import subprocess
-import sys
 import time
 
 import pytest
 from pydantic import BaseModel
 
-from conftest import REPO, tiny_config
+from conftest import REPO, cfg_of, run_ptray, tiny_config
 from ptray.config import ConfigError, config_from_dict, load_config
 from ptray.core import backbone as bb
 from ptray.core.train import prepare
-
-
-def cfg_of(data_dir, **sections):
-    return config_from_dict(tiny_config(data_dir, **sections))
 
 
 def test_overrides_are_typed(tmp_path):
@@ -83,30 +77,25 @@ def test_unknown_model_is_a_clear_error(data_dir):
         prepare(cfg_of(data_dir, model={"name": "no-such-model"}))
 
 
-def _ptray(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "ptray.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
-
-
 def test_cli_help_is_fast():
     t = time.perf_counter()
-    out = _ptray("--help")
+    out = run_ptray("--help")
     assert out.returncode == 0 and "train" in out.stdout
     assert time.perf_counter() - t < 10
 
 
 @pytest.mark.slow
-def test_cli_train_writes_result_and_refuses_to_overwrite(data_dir, tmp_path):
+def test_cli_train_writes_result_and_refuses_to_overwrite(sentence_dir, tmp_path):
     # The quickstart reads SUBJ from the sentence collection beside the SuperGLUE folder.
-    overrides = [f"task.data_dir={data_dir.parent / 'sentence'}", "train.max_steps=2", "train.eval_every=2",
+    overrides = [f"task.data_dir={sentence_dir}", "train.max_steps=2", "train.eval_every=2",
                  "task.max_eval_examples=16"]
-    out = _ptray("train", "experiments/quickstart.yaml", "--seed", "1", "--output", str(tmp_path), *overrides)
+    out = run_ptray("train", "experiments/quickstart.yaml", "--seed", "1", "--output", str(tmp_path), *overrides)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["seed"] == 1 and result["status"] == "ok" and result["steps"] == 2
-    again = _ptray("train", "experiments/quickstart.yaml", "--output", str(tmp_path), *overrides)
+    again = run_ptray("train", "experiments/quickstart.yaml", "--output", str(tmp_path), *overrides)
     assert again.returncode != 0 and "--overwrite" in again.stderr
-    bad = _ptray("train", "experiments/quickstart.yaml", "task.name=nope", "--output", str(tmp_path / "x"))
+    bad = run_ptray("train", "experiments/quickstart.yaml", "task.name=nope", "--output", str(tmp_path / "x"))
     assert bad.returncode == 2 and "task.name" in bad.stderr and "nope" in bad.stderr
 
 

@@ -1,12 +1,11 @@
 """Deep prompts (prefix tuning / P-tuning v2): per-layer key/value prefixes on real MiniLM weights and on tiny
 random-init GPT-2, Llama (grouped-query attention) and T5; masks that cover the prefix, gradients that reach it and
-nothing frozen, and a real run on FewGLUE RTE."""
-import numpy as np
+nothing frozen, and what a trained run saves. (That a real run learns: test_learning.py.)"""
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_config
+from conftest import cfg_of, tiny_config
 from ptray.config import ConfigError, config_from_dict
 from ptray.core import backbone as bb
 from ptray.core.data import Encoder, collate
@@ -49,9 +48,10 @@ def test_prompt_perturbation_is_refused_for_deep_prompts():
     with pytest.raises(ConfigError, match=r"perturbation\.prompt=false"):
         config_from_dict({"method": {"name": "deep"},
                           "perturbation": {"space": "embedding", "kind": "random", "prompt": True}})
-    # Perturbing the input text or embeddings composes with deep prompts.
+    # Perturbing the input text or embeddings composes with deep prompts: the section is kept as given.
     for pert in ({"space": "text", "kind": "random"}, {"space": "embedding", "kind": "random"}):
-        assert config_from_dict({"method": {"name": "deep"}, "perturbation": pert}).perturbation is not None
+        kept = config_from_dict({"method": {"name": "deep"}, "perturbation": pert}).to_dict()["perturbation"]
+        assert {k: kept[k] for k in pert} == pert
 
 
 def test_encoder_prefix_shapes_and_mask(data_dir):
@@ -135,14 +135,11 @@ def test_unsupported_encoder_decoder_is_a_config_error(data_dir, tmp_path):
         setup(data_dir, folder)
 
 
-@pytest.mark.slow
-def test_real_run_on_rte_learns(data_dir, tmp_path):
-    cfg = config_from_dict(tiny_config(data_dir, method={"name": "deep", "num_tokens": 20}, task={"max_seq_length": 64},
-                                       train={"max_steps": 15, "eval_every": 15, "lr": 0.01}))
+def test_a_run_saves_the_flat_prefix_and_the_head(data_dir, tmp_path):
+    cfg = cfg_of(data_dir, method={"name": "deep", "num_tokens": 20},
+                 task={"max_seq_length": 64, "max_eval_examples": 8}, train={"max_steps": 2, "eval_every": 2})
     result = train(cfg, output_dir=tmp_path, progress=False)
     assert result["status"] == "ok", result.get("reason")
-    losses = [h["loss"] for h in result["history"]]
-    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1, losses
     assert result["trainable_params"] == 20 * 6 * 2 * 384 + (2 * 384 + 2)
     adapter = load_file(tmp_path / ADAPTER_FILE)
     assert adapter["method.prefix"].shape == (20, 6 * 2 * 384)

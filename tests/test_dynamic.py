@@ -1,5 +1,6 @@
 """Dynamic prompting: one-hot choices with gradients, placement and masks, per-example consistency in mixed
-batches, temperature annealing, the causal family, and a short real MiniLM/RTE run."""
+batches, temperature annealing, the causal family, and the anneal clock a real run checkpoints. (That a real run
+learns: test_learning.py.)"""
 from __future__ import annotations
 
 import json
@@ -252,7 +253,7 @@ def test_causal_training_step_reaches_every_parameter(gpt2_copa):
 
 
 @pytest.mark.slow
-def test_real_minilm_rte_run_lowers_the_loss_and_checkpoints_the_clock(data_dir, tmp_path):
+def test_a_real_run_checkpoints_the_anneal_clock(data_dir, tmp_path):
     cfg = config_from_dict(tiny_config(
         data_dir,
         task={"max_train_examples": 16, "max_eval_examples": 16, "max_seq_length": 96},
@@ -267,9 +268,6 @@ def test_real_minilm_rte_run_lowers_the_loss_and_checkpoints_the_clock(data_dir,
 
     result = train(cfg, output_dir=tmp_path / "run", reporter=reporter, progress=False)
     assert result["status"] == "ok", result.get("reason")
-    losses = [h["loss"] for h in result["history"]]
-    # 16 examples, seen 5 times: the prompt, selector and head fit them (measured: ~0.8 -> ~0.03).
-    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2, losses
     L, H = 8, 384
     assert result["trainable_params"] == L * H + (H + 1) * (L + 1) + (H + 1) * 2  # prompt, selector, head
     # The loop told the method each step, and the clock is in the DeepSpeed checkpoint a resume restores.

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
-from ptray.layout import config_id, label, owner, redact, run_dir, write_json
-from test_tracking import check_mlflow_structure
-from tune_util import ptray_cmd, results, run_ptray, write_config
+from ptray.layout import config_id, label, owner, redact, write_json
+from conftest import (REPO, check_mlflow_structure, free_port, ptray_cmd, results, run_ptray, write_experiment,
+                      write_result)
+from tune_util import write_config
 
 A = {"method.num_tokens": 4}
 B = {"method.num_tokens": 8}
@@ -28,10 +28,7 @@ SEEDS = [0, 1, 2]
 
 
 def _experiment(root: Path, seeds=SEEDS, config: dict | None = None) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    write_json(root / "experiment.json", {
-        "name": root.name, "config": config or {"method": {"name": "vanilla"}}, "seeds": seeds,
-        "configs": {config_id(o): {"overrides": o, "label": label(o)} for o in (A, B)}, "baseline_config_id": None})
+    write_experiment(root, [A, B], seeds, base=config or {"method": {"name": "vanilla"}})
     return root
 
 
@@ -45,7 +42,7 @@ def _file(root: Path, overrides: dict, seed: int, status: str = "ok", **extra) -
               "config": {"method": {"name": "vanilla", "num_tokens": overrides["method.num_tokens"]},
                          "train": {"seed": seed}},
               "config_id": config_id(overrides), "overrides": overrides, "label": label(overrides), **extra}
-    write_json(run_dir(root, config_id(overrides), seed) / "result.json", result)
+    write_result(root, overrides, seed, result)
     return result
 
 
@@ -195,7 +192,7 @@ def test_credentials_never_reach_the_folder_or_mlflow(tmp_path):
 
 
 def test_report_with_its_tracking_server_gone_writes_the_report_and_says_so(tmp_path):
-    port = _free_port()
+    port = free_port()
     root = _experiment(tmp_path / "exp", config={"method": {"name": "vanilla"},
                                                  "tracking": {"uri": f"http://alice:hunter2@127.0.0.1:{port}"}})
     for o in (A, B):
@@ -263,14 +260,6 @@ def test_resume_loads_no_pickle_without_trust(data_dir, tmp_path):
 
 
 # --- faults during a real sweep (Ray) ---------------------------------------------------------------------------------
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server():
     """Start an MLflow tracking server on a given port (on loopback, as cluster.yaml does); stopped at the end."""
@@ -307,7 +296,7 @@ def test_a_tracking_server_that_is_gone_stops_no_seed_and_leaks_no_credential(da
     """tracking.uri names a server (with credentials) that does not answer: every seed still trains and files its
     result.json, one warning says so, nothing ptray writes holds the password; once the server is back, `ptray report`
     logs every seed there."""
-    port, secret = _free_port(), "hunter2"
+    port, secret = free_port(), "hunter2"
     config = write_config(tmp_path / "gone.yaml", data_dir, {"seeds": [0, 1, 2], "max_concurrent": 1},
                           tracking={"uri": f"http://alice:{secret}@127.0.0.1:{port}"})
     out = tmp_path / "exp"

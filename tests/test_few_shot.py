@@ -1,6 +1,6 @@
 """The few-shot protocol as seeds: task.k_shot samples K examples per class for training and K for selection, drawn
 by the sample seed; the initialisation and the data order have seeds of their own. Each is recorded in result.json.
-Checked on the real sentence data, with one short real run that must end above the majority class."""
+Checked on the real sentence data, with one short real run."""
 from __future__ import annotations
 
 import json
@@ -150,23 +150,17 @@ def test_each_seed_source_drives_training(data_dir):
     assert history(seed=0, init_seed=1, order_seed=2) != base
 
 
-# --- a real run ------------------------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_k_shot_prompt_tuning_on_subj_beats_the_majority_class(data_dir, tmp_path):
-    # 16 examples per class, 30 steps: 53 s measured here at load ~2 (170 s at load 5-7). Measured accuracy 0.81 on
-    # these 200 test examples (majority 0.535), best at step 10.
+# --- a real run (that k-shot prompt tuning learns on SUBJ: test_learning.py) -----------------------------------
+def test_a_k_shot_run_records_its_seeds_and_splits(data_dir, tmp_path):
     cfg = config_from_dict({**sentence(data_dir, "subj", k_shot=16, sample_seed=1, max_seq_length=64,
-                                       max_eval_examples=200).to_dict(),
-                            "train": {"max_steps": 30, "batch_size": 8, "eval_every": 10, "lr": 0.1, "seed": 0,
-                                      "init_seed": 2, "order_seed": 3}})
+                                       max_eval_examples=16).to_dict(),
+                            "train": {"max_steps": 2, "batch_size": 8, "eval_every": 2, "seed": 0, "init_seed": 2,
+                                      "order_seed": 3}})
     result = train(cfg, tmp_path, progress=False)
     assert result["status"] == "ok", result.get("reason")
     saved = json.loads((tmp_path / RESULT_FILE).read_text())
     assert saved["seeds"] == {"sample": 1, "init": 2, "order": 3}
     assert saved["warnings"] == [] and saved["report_split"] == "test" and saved["selection_split"] == "dev"
-    majority = saved["majority_baseline"]
-    assert 0.45 < majority < 0.55
-    assert saved["report_metrics"]["accuracy"] > majority + 0.15, (saved["report_metrics"], majority)
 
 
 # --- the experiment configs -------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 
 from ptray.layout import config_id, label
 
-from test_tracking import check_mlflow_structure
+from conftest import check_mlflow_structure, write_experiment
 
 A = {"method.num_tokens": 4}
 B = {"method.num_tokens": 8}
@@ -50,6 +50,7 @@ def _trial(config, experiment_dir: str):
                                              "train": {"seed": seed}},
               "config_id": cid, "trial_id": tune.get_context().get_trial_id(), "overrides": config["overrides"],
               "label": config["label"]}
+    # Written here, not by conftest's write_result: a Ray worker cannot import conftest.
     out = Path(experiment_dir) / "runs" / cid / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(result))
@@ -86,11 +87,8 @@ def test_callback_writes_parent_and_child_runs(tmp_path):
     from ptray.tracking.store import resolve_tracking_uri
 
     exp_dir = tmp_path / "cb-exp"
-    exp_dir.mkdir()
+    write_experiment(exp_dir, [A, B], SEEDS, {"method": {"name": "vanilla"}})
     configs = {config_id(o): {"overrides": o, "label": label(o)} for o in (A, B)}
-    (exp_dir / "experiment.json").write_text(json.dumps(
-        {"ptray_version": "0.1.0", "name": "cb-exp", "config": {"method": {"name": "vanilla"}}, "seeds": SEEDS,
-         "configs": configs, "baseline_config_id": None, "created": "2026-01-01T00:00:00"}))
     points = [{"config_id": cid, "seed": s, "overrides": c["overrides"], "label": c["label"], **c["overrides"]}
               for cid, c in configs.items() for s in SEEDS]
     uri = resolve_tracking_uri(exp_dir)

@@ -2,23 +2,11 @@
 
 import math
 
-import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
+from conftest import check_png
 from ptray.analysis import plots
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _check_png(path):
-    with open(path, "rb") as fh:
-        assert fh.read(8) == PNG_MAGIC
-    img = mpimg.imread(path)
-    assert img.ndim == 3 and img.shape[0] > 0 and img.shape[1] > 0
-    # Not a blank canvas: something was drawn.
-    assert float(np.ptp(img[..., :3])) > 0
-    return img
 
 
 def test_backend_is_agg():
@@ -36,14 +24,14 @@ def test_seed_strip_plot_with_failed_seed_and_baseline(tmp_path):
         baseline=0.5,
     )
     assert out == path
-    _check_png(path)
+    check_png(path)
 
 
 def test_seed_strip_plot_is_deterministic(tmp_path):
     data = {"a": [0.8, 0.82, 0.9, math.nan], "b": [0.7, 0.71]}
     p1 = plots.seed_strip_plot(data, tmp_path / "1.png", "acc")
     p2 = plots.seed_strip_plot(data, tmp_path / "2.png", "acc")
-    np.testing.assert_array_equal(mpimg.imread(p1), mpimg.imread(p2))
+    np.testing.assert_array_equal(check_png(p1), check_png(p2))
 
 
 @pytest.mark.parametrize("band", ["minmax", "std"])
@@ -58,7 +46,7 @@ def test_learning_curves(tmp_path, band):
     }
     path = str(tmp_path / "curves.png")
     assert plots.learning_curves(per_config, path, "eval accuracy", band=band) == path
-    _check_png(path)
+    check_png(path)
 
 
 def test_learning_curves_rejects_unknown_band(tmp_path):
@@ -72,7 +60,7 @@ def test_expected_max_plot(tmp_path):
         {"a": [0.81, 0.84, 0.79, math.nan], "b": [0.7, 0.9, 0.6, 0.85, 0.8], "none": [math.nan]}, path, "accuracy"
     )
     assert out == path
-    _check_png(path)
+    check_png(path)
 
 
 def test_std_vs_param_list_and_dict(tmp_path):
@@ -84,5 +72,5 @@ def test_std_vs_param_list_and_dict(tmp_path):
         "accuracy",
         logx=True,
     )
-    _check_png(p1)
-    _check_png(p2)
+    check_png(p1)
+    check_png(p2)

@@ -1,13 +1,14 @@
 """PTP perturbation regularizers on real MiniLM weights and real FewGLUE batches: noise statistics, the PGD epsilon
 ball, adversarial losses above clean ones, protected tokens in text space, lambda = 0 exactness, composition with
-every registered prompt method, DeepSpeed ZeRO, and short real training runs."""
+every registered prompt method. (ZeRO-3 with the adversarial ones: test_train.py; that a real run with each learns:
+test_learning.py.)"""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import cfg_of, losses, perturbation_section
 from ptray.config import ConfigError, config_from_dict, load_config
 from ptray.core import backbone as bb
 from ptray.core.data import Encoder, collate
@@ -25,22 +26,6 @@ VARIANTS = {
     "text/random": {},
     "text/adversarial": {},
 }
-
-
-def section(key: str, **options) -> dict:
-    space, kind = key.split("/")
-    return {"space": space, "kind": kind, **options}
-
-
-def cfg_of(data_dir, perturbation=None, **sections):
-    d = tiny_config(data_dir, **sections)
-    if perturbation is not None:
-        d["perturbation"] = perturbation
-    return config_from_dict(d)
-
-
-def losses(result):
-    return [h["loss"] for h in result["history"]]
 
 
 class Setup:
@@ -65,7 +50,7 @@ class Setup:
         return build_model(cfg, self.backbone, self.prepared.task).train()
 
     def perturbation(self, key, seed=0, **options):
-        cfg = cfg_of(self.data_dir, section(key, **options), train={"seed": seed})
+        cfg = cfg_of(self.data_dir, perturbation=perturbation_section(key, **options), train={"seed": seed})
         return build_perturbation(cfg, self.tokenizer)
 
 
@@ -78,7 +63,7 @@ def s(data_dir):
 def test_config_sections_dispatch_validate_and_round_trip(data_dir):
     assert cfg_of(data_dir).perturbation is None
     for key, cls in PERTURBATIONS.items():
-        cfg = cfg_of(data_dir, section(key, **{"lambda": 0.5}))
+        cfg = cfg_of(data_dir, perturbation=perturbation_section(key, **{"lambda": 0.5}))
         assert type(cfg.perturbation) is cls and cfg.perturbation.lambda_ == 0.5
         dumped = cfg.to_dict()["perturbation"]
         assert dumped["lambda"] == 0.5 and "lambda_" not in dumped
@@ -87,22 +72,23 @@ def test_config_sections_dispatch_validate_and_round_trip(data_dir):
                               "perturbation.op=delete"])
     assert over.perturbation.lambda_ == 0.25 and over.perturbation.op == "delete"
     bad = [
-        (section("embedding/noise"), "unknown space/kind 'embedding/noise'; allowed: embedding/adversarial"),
+        (perturbation_section("embedding/noise"),
+         "unknown space/kind 'embedding/noise'; allowed: embedding/adversarial"),
         ({"space": "text"}, "must be a mapping with 'space' and 'kind'"),
-        (section("embedding/random", sigma=-1), "perturbation.sigma"),
-        (section("embedding/random", **{"lambda": -0.1}), "perturbation.lambda"),
-        (section("embedding/adversarial", norm="l1"), "perturbation.norm"),
-        (section("text/random", p=0.1, sigma=0.1), "perturbation.sigma: unknown key"),
+        (perturbation_section("embedding/random", sigma=-1), "perturbation.sigma"),
+        (perturbation_section("embedding/random", **{"lambda": -0.1}), "perturbation.lambda"),
+        (perturbation_section("embedding/adversarial", norm="l1"), "perturbation.norm"),
+        (perturbation_section("text/random", p=0.1, sigma=0.1), "perturbation.sigma: unknown key"),
     ]
     for value, message in bad:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
-            cfg_of(data_dir, value)
+            cfg_of(data_dir, perturbation=value)
 
 
 def test_mask_op_needs_a_mask_token(s, tiny_models):
     from transformers import AutoTokenizer
 
-    cfg = cfg_of(s.data_dir, section("text/random", op="mask"))
+    cfg = cfg_of(s.data_dir, perturbation=perturbation_section("text/random", op="mask"))
     tok = AutoTokenizer.from_pretrained(tiny_models["gpt2"])
     tok.mask_token = None
     with pytest.raises(ConfigError, match="perturbation.op mask needs a mask token.*use perturbation.op=replace"):
@@ -156,7 +142,8 @@ def test_a_resumed_run_draws_the_noise_an_unbroken_one_would(s):
     b.calls = 3
     draw = [Noise(x.config, x.generator(torch.device("cpu"))).inputs(embeds, batch) for x in (a, b)]
     assert torch.equal(draw[0], draw[1])
-    other_rank = build_perturbation(cfg_of(s.data_dir, section("embedding/random")), s.tokenizer, rank=1)
+    cfg = cfg_of(s.data_dir, perturbation=perturbation_section("embedding/random"))
+    other_rank = build_perturbation(cfg, s.tokenizer, rank=1)
     other_rank.calls = 4
     assert not torch.equal(Noise(b.config, other_rank.generator(torch.device("cpu"))).inputs(embeds, batch), draw[0])
 
@@ -336,35 +323,15 @@ SMALL = {"max_seq_length": 64, "max_eval_examples": 8}
 
 
 def test_lambda_zero_reproduces_the_unregularized_run_exactly(s):
-    d = s.data_dir
-    task = SMALL
-    plain = train(cfg_of(d, task=task, train=SHORT), progress=False)
-    zero = train(cfg_of(d, section("embedding/random", **{"lambda": 0}), task=task, train=SHORT), progress=False)
-    one = train(cfg_of(d, section("embedding/random", **{"lambda": 1}), task=task, train=SHORT), progress=False)
+    def run(**sections):
+        return train(cfg_of(s.data_dir, task=SMALL, train=SHORT, **sections), progress=False)
+
+    plain = run()
+    zero = run(perturbation=perturbation_section("embedding/random", **{"lambda": 0}))
+    one = run(perturbation=perturbation_section("embedding/random", **{"lambda": 1}))
     assert plain["status"] == zero["status"] == one["status"] == "ok"
     for key in ("history", "selection_metrics", "report_metrics", "best_step", "trainable_params"):
         assert zero[key] == plain[key], key
     assert losses(one) != losses(plain)
     assert one["trainable_params"] == plain["trainable_params"]  # a regularizer adds no parameters
 
-
-@pytest.mark.slow
-@pytest.mark.parametrize("key", ["embedding/adversarial", "text/adversarial"])
-def test_adversarial_regularizers_under_zero3_train_like_stage_0(s, key):
-    # The inner passes bypass the engine; under ZeRO-3 they gather the sharded weights through its module hooks.
-    runs = [train(cfg_of(s.data_dir, section(key, **VARIANTS[key]), task=SMALL,
-                         train={**SHORT, "zero_stage": stage}), progress=False) for stage in (0, 3)]
-    assert [r["status"] for r in runs] == ["ok", "ok"], [r.get("reason") for r in runs]
-    np.testing.assert_allclose(losses(runs[1]), losses(runs[0]), rtol=1e-3, atol=1e-3)
-
-
-@pytest.mark.slow
-def test_a_real_ptp_run_on_rte_learns(s, tmp_path):
-    cfg = cfg_of(s.data_dir, section("embedding/random"), task={"max_train_examples": 32},
-                 train={"max_steps": 16, "eval_every": 8, "lr": 0.05})
-    r = train(cfg, output_dir=tmp_path, progress=False)
-    assert r["status"] == "ok", r.get("reason")
-    ls = losses(r)
-    print("PTP-RN loss history", [round(x, 3) for x in ls])
-    assert np.mean(ls[-4:]) < np.mean(ls[:4]) - 0.2, ls
-    assert r["config"]["perturbation"]["kind"] == "random"

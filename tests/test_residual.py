@@ -1,13 +1,12 @@
 """Residual Prompt Tuning on real MiniLM weights and FewGLUE RTE: the reparameterisation's formula and options,
 per-token MLPs as real (trained, checkpointed, restored) modules, and folding: the saved adapter is a plain prompt
-that a vanilla prompt scores exactly like the residual model."""
-import numpy as np
+that a vanilla prompt scores exactly like the residual model. (That a real run learns: test_learning.py.)"""
 import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from conftest import tiny_config
+from conftest import cfg_of, tiny_config
 from ptray.config import ConfigError, config_from_dict
 from ptray.core import backbone as bb
 from ptray.core.data import Encoder, batches
@@ -115,20 +114,19 @@ def scores_on(model, cfg, prepared, backbone, role="report"):
 
 
 @pytest.mark.slow
-def test_real_run_learns_and_folds_exactly(data_dir, minilm, tmp_path):
+def test_a_trained_run_folds_exactly(data_dir, minilm, tmp_path):
     backbone, _ = minilm
     method = {"name": "residual", "num_tokens": 8, "separate_mlps": True}
-    cfg = config_from_dict(tiny_config(data_dir, method=method, task={"max_seq_length": 64},
-                                       train={"max_steps": 15, "eval_every": 15, "lr": 0.03}))
+    # 6 steps move the prompt and every MLP off their init (checked below: the restored prompt differs from seed 1's).
+    cfg = cfg_of(data_dir, method=method, task={"max_seq_length": 64},
+                 train={"max_steps": 6, "eval_every": 6, "lr": 0.03})
     checkpoint = tmp_path / "ckpt"
     result = train(cfg, output_dir=tmp_path, progress=False,
                    reporter=lambda step, metrics, save: save(checkpoint))
     assert result["status"] == "ok", result.get("reason")
-    losses = [h["loss"] for h in result["history"]]
-    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1, losses
     per_mlp = (H * 800 + 800) + (800 * H + H) + 2 * H
     assert result["trainable_params"] == 8 * H + 8 * per_mlp + (2 * H + 2)
-    assert result["best_step"] == 15  # one evaluation: the checkpoint and the adapter hold the same step
+    assert result["best_step"] == 6  # one evaluation: the checkpoint and the adapter hold the same step
 
     # The adapter is folded: a plain [8, H] prompt and the head, no MLP.
     adapter = load_file(tmp_path / ADAPTER_FILE)
@@ -148,7 +146,7 @@ def test_real_run_learns_and_folds_exactly(data_dir, minilm, tmp_path):
 
     # A vanilla prompt loaded with the folded adapter scores exactly like the residual model, and reproduces
     # the run's report metrics.
-    vanilla_cfg = config_from_dict(tiny_config(data_dir, method={"name": "vanilla", "num_tokens": 8}))
+    vanilla_cfg = cfg_of(data_dir, method={"name": "vanilla", "num_tokens": 8})
     vanilla = build_model(vanilla_cfg, backbone, prepared.task)
     vanilla.load_trainable_state(adapter)
     folded_scores = scores_on(vanilla, cfg, prepared, backbone)

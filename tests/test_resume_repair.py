@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from ptray.layout import config_id
-from tune_util import run_ptray, write_config
+from conftest import run_ptray
+from tune_util import write_config
 
 
 def truncate_state(tuner: Path) -> None:

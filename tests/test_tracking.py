@@ -13,19 +13,17 @@ import io
 import json
 import math
 import os
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
-import matplotlib.image as mpimg
 import numpy as np
 import pytest
 from scipy import stats as st
 
-from conftest import tiny_config
+from conftest import (check_mlflow_structure, check_png, free_port, mlflow_runs, ptray_cmd, read_result,
+                      tiny_config, write_experiment, write_result)
 from ptray import stats
 from ptray.analysis.report import log_experiment
 from ptray.cli import main
@@ -43,13 +41,6 @@ A = {"method.num_tokens": 4}
 B = {"method.num_tokens": 8}
 
 
-def _write_experiment(root: Path, base: dict, configs: list[dict], seeds: list[int]) -> None:
-    meta = {"ptray_version": "0.1.0", "name": root.name, "config": base, "seeds": seeds,
-            "configs": {config_id(o): {"overrides": o, "label": label(o)} for o in configs},
-            "baseline_config_id": None, "created": "2026-01-01T00:00:00"}
-    (root / "experiment.json").write_text(json.dumps(meta))
-
-
 def _add_identity(path: Path, overrides: dict, trial_id: str) -> None:
     # What the Ray layer adds to the core's result.json.
     r = json.loads(path.read_text())
@@ -62,12 +53,11 @@ def experiment(data_dir, tmp_path_factory) -> Path:
     from ptray.core.train import prepare, train
 
     root = tmp_path_factory.mktemp("exp") / "tiny-rte"
-    root.mkdir()
     # Reported on the (8) training examples: a few steps then beat the majority baseline, so statistics are finite.
     base = tiny_config(data_dir, task={"max_seq_length": 48, "max_train_examples": 8, "max_eval_examples": 8,
                                        "report_split": "train"},
                        train={"max_steps": 3, "eval_every": 1, "batch_size": 4, "eval_batch_size": 8, "lr": 0.1})
-    _write_experiment(root, base, [A, B], SEEDS)
+    write_experiment(root, [A, B], SEEDS, base)
     for overrides in (A, B):
         for seed in SEEDS:
             if overrides is B and seed == 3:
@@ -82,10 +72,6 @@ def experiment(data_dir, tmp_path_factory) -> Path:
     return root
 
 
-def _result(root: Path, overrides: dict, seed: int) -> dict:
-    return json.loads((root / "runs" / config_id(overrides) / f"seed{seed}" / "result.json").read_text())
-
-
 def test_results_and_summary_table(experiment):
     exp = load_experiment(experiment)
     a, b = exp.configs[config_id(A)], exp.configs[config_id(B)]
@@ -97,7 +83,7 @@ def test_results_and_summary_table(experiment):
     print_summary(experiment, file=buf)
     text = buf.getvalue()
     for c, o in ((a, A), (b, B)):
-        raw = [_result(experiment, o, s) for s in SEEDS[:2]]
+        raw = [read_result(experiment, o, s) for s in SEEDS[:2]]
         acc = np.array([r["report_metrics"]["accuracy"] for r in raw])
         low = acc <= np.array([r["majority_baseline"] for r in raw]) + 1e-9
         s = c.summary()
@@ -110,54 +96,6 @@ def test_results_and_summary_table(experiment):
         assert row[1:] == ["2", f"{acc.mean():.4f}", f"{np.std(acc, ddof=1):.4f}", f"{acc.min():.4f}",
                            f"{acc.max():.4f}", "1/3", f"{low.sum()}/3"]
     assert "seed 3: loss diverged" in text and "seed 3: no result.json" in text
-
-
-def _runs(client, experiment_id):
-    runs = client.search_runs([experiment_id], max_results=1000)
-    parents = {r.data.tags["ptray.config_id"]: r for r in runs if r.data.tags.get("ptray.role") == "parent"}
-    children = [r for r in runs if r.data.tags.get("ptray.role") == "seed"]
-    return runs, parents, children
-
-
-def check_mlflow_structure(uri: str, name: str, expected: dict[str, list[int]]) -> dict:
-    """One parent per config, one child per seed under it, aggregates equal to a recomputation from the children.
-    Returns {(config_id, seed): child run}. Shared with the Ray callback test."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(name)
-    runs, parents, children = _runs(client, exp.experiment_id)
-    assert len(runs) == len(parents) + len(children)
-    assert sorted(parents) == sorted(expected)
-    by_key = {(r.data.tags["ptray.config_id"], int(r.data.tags["ptray.seed"])): r for r in children}
-    assert len(by_key) == len(children)  # no seed twice
-    assert sorted(by_key) == sorted((c, s) for c, seeds in expected.items() for s in seeds)
-    for cid, parent in parents.items():
-        assert parent.info.status == "FINISHED"
-        assert "train.seed" not in parent.data.params and "method.num_tokens" in parent.data.params
-        kids = sorted((r for (c, _), r in by_key.items() if c == cid), key=lambda r: int(r.data.tags["ptray.seed"]))
-        assert all(k.data.tags["mlflow.parentRunId"] == parent.info.run_id for k in kids)
-        assert all(k.data.params["train.seed"] == k.data.tags["ptray.seed"] for k in kids)
-        # Recompute the aggregates from the children alone: every finished seed counts, the failed ones only in
-        # n_failed, those at or below the majority class beside the statistics and left out of *_nondegenerate.
-        values = np.array([k.data.metrics.get("report/accuracy", math.nan) for k in kids])
-        failed = [k.info.status == "FAILED" for k in kids]
-        baseline = [k.data.metrics.get("majority_baseline", math.nan) for k in kids]
-        low = stats.at_or_below(values, baseline)
-        assert [k.data.tags.get("ptray.at_majority") == "true" for k in kids] == low.tolist()
-        # No seed with both a report accuracy and a baseline (say every seed crashed): the majority counts are
-        # undefined, as in ConfigResults.at_majority.
-        judged = (np.isfinite(values) & np.isfinite(np.array(baseline, dtype=float))).any()
-        s = stats.summarize(values, failed=failed, at_majority=low if judged else None)
-        m = parent.data.metrics
-        for key in ("n_seeds", "n_ok", "n_failed", "n_at_majority", "n_nondegenerate"):
-            np.testing.assert_equal(m[key], s[key], err_msg=key)  # NaN (undefined) equals NaN here
-        for key in stats.SUMMARY_STATISTICS:
-            for name in (key, key + stats.NONDEGENERATE):
-                np.testing.assert_allclose(m[f"report/accuracy/{name}"], s[name], equal_nan=True, err_msg=name)
-        done = values[~np.array(failed)]
-        np.testing.assert_allclose(m["report/accuracy/mean"], done.mean() if done.size else math.nan, equal_nan=True)
-    return by_key
 
 
 def test_log_experiment_structure_and_idempotence(experiment):
@@ -176,7 +114,7 @@ def test_log_experiment_structure_and_idempotence(experiment):
     # Each source of seed variance's seed, resolved (none is set in the config, so each is train.seed; no k-shot sample).
     assert {k: v for k, v in ok.data.params.items() if k.startswith("seeds.")} == \
         {"seeds.sample": "null", "seeds.init": "1", "seeds.order": "1"}
-    history = _result(experiment, A, 1)["history"]
+    history = read_result(experiment, A, 1)["history"]
     assert [(m.step, m.value) for m in client.get_metric_history(ok.info.run_id, "loss")] == \
         [(h["step"], pytest.approx(h["loss"])) for h in history]
     assert [a.path for a in client.list_artifacts(ok.info.run_id)] == ["result.json"]
@@ -194,7 +132,7 @@ def test_log_experiment_structure_and_idempotence(experiment):
              for r in c.seeds}
     best_cid = max(exp.configs, key=lambda c: np.mean([score[c, s] for s in SEEDS]))
     best_seed = max(SEEDS, key=lambda s: score[best_cid, s])
-    parents = _runs(client, parent.info.experiment_id)[1]
+    parents = mlflow_runs(client, parent.info.experiment_id)[1]
     assert parents[best_cid].data.tags["ptray.best"] == f"{best_cid}/seed{best_seed}"
     assert {a.path for a in client.list_artifacts(parents[best_cid].info.run_id, "best_adapter")} == \
         {"best_adapter/adapter.safetensors", "best_adapter/result.json"}
@@ -234,8 +172,7 @@ def test_landscape(experiment, landscape_json):
                  "--output", str(out)]) == 0
     small = np.array(json.loads((out / "landscape.json").read_text())["loss"])
     assert small[2, 1] > small[1, 1] > small[0, 1]
-    img = mpimg.imread(seed_dir / "landscape" / "landscape.png")
-    assert img.ndim == 3 and float(np.ptp(img[..., :3])) > 0
+    check_png(seed_dir / "landscape" / "landscape.png")
 
 
 def test_landscape_refuses_bad_input_before_loading(experiment, capsys):
@@ -251,11 +188,6 @@ def test_landscape_refuses_bad_input_before_loading(experiment, capsys):
     assert "spacing" in capsys.readouterr().err
 
 
-def _check_png(path: Path) -> None:
-    img = mpimg.imread(path)
-    assert img.ndim == 3 and float(np.ptp(img[..., :3])) > 0
-
-
 def test_report_on_real_runs(experiment, landscape_json, capsys):
     assert main(["report", str(experiment)]) == 0
     out = capsys.readouterr().out
@@ -269,7 +201,7 @@ def test_report_on_real_runs(experiment, landscape_json, capsys):
     for png in ("seeds.png", "expected_max.png", "selection_curves.png", "loss_curves.png",
                 "std_vs_method.num_tokens.png"):
         assert f"]({png})" in md
-        _check_png(folder / png)
+        check_png(folder / png)
     assert "loss diverged" in md and "no result.json" in md
     numbers = json.loads((folder / "stats.json").read_text())
     assert numbers["landscapes"][config_id(A)][0]["mean_loss_increase"] == \
@@ -280,7 +212,7 @@ def test_report_on_real_runs(experiment, landscape_json, capsys):
     from mlflow import MlflowClient
 
     client = MlflowClient(resolve_tracking_uri(experiment))
-    _, parents, _ = _runs(client, client.get_experiment_by_name("tiny-rte").experiment_id)
+    _, parents, _ = mlflow_runs(client, client.get_experiment_by_name("tiny-rte").experiment_id)
     for parent in parents.values():
         logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
         assert {"report/report.md", "report/stats.json", "report/seeds.png", "report/expected_max.png"} <= logged
@@ -315,15 +247,11 @@ OVERRIDES = {"base": BASELINE, "P": P, "C": C, "U": U, "S": S}
 
 @pytest.fixture(scope="module")
 def synthetic(experiment, tmp_path_factory) -> Path:
-    template = _result(experiment, A, 1)
+    template = read_result(experiment, A, 1)
     root = tmp_path_factory.mktemp("synth") / "synthetic"
-    root.mkdir()
     # P is listed first: the baseline must be found by config id, not position.
     # No seed list: U ran other seeds than the rest, and none of them is missing.
-    _write_experiment(root, template["config"], [P, BASELINE, C, U, S], [])
-    meta = json.loads((root / "experiment.json").read_text())
-    meta["baseline_config_id"] = config_id(BASELINE)
-    (root / "experiment.json").write_text(json.dumps(meta))
+    write_experiment(root, [P, BASELINE, C, U, S], [], template["config"], baseline=BASELINE)
     for name, overrides in OVERRIDES.items():
         for seed, v in VALUES[name].items():
             r = copy.deepcopy(template)
@@ -333,9 +261,7 @@ def synthetic(experiment, tmp_path_factory) -> Path:
                 r.update(status="failed", reason="loss diverged (nan) at step 2", report_metrics=None)
             else:
                 r["report_metrics"] = {"accuracy": v}
-            out = root / "runs" / config_id(overrides) / f"seed{seed}"
-            out.mkdir(parents=True)
-            (out / "result.json").write_text(json.dumps(r))
+            write_result(root, overrides, seed, r)
     return root
 
 
@@ -429,20 +355,14 @@ def test_report_numbers_match_scipy(synthetic):
     assert f"## Against the baseline ({label(BASELINE)})" in md
     assert "## Seeds at or below the majority class" in md and "at or below the majority-class baseline" in md
     assert "loss diverged" in md
-    _check_png(synthetic / "report" / "std_vs_method.num_tokens.png")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    check_png(synthetic / "report" / "std_vs_method.num_tokens.png")
 
 
 def test_ui_serves_the_experiment_store(experiment):
     if not (experiment / "mlflow.db").exists():
         log_experiment(experiment)
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "ptray.cli", "ui", str(experiment), "--port", str(port)],
+    port = free_port()
+    proc = subprocess.Popen(ptray_cmd("ui", experiment, "--port", port),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         first = proc.stdout.readline()

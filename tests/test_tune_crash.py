@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, ptray_cmd, results
 from ptray.layout import config_id
 from ptray.tracking.store import resolve_tracking_uri
 from test_tracking import check_mlflow_structure
-from tune_util import ptray_cmd, results, write_config
+from tune_util import write_config
 
 
 def trial_pids(root: int) -> set[int]:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
-from tune_util import results, write_config
+from conftest import REPO, results
+from tune_util import write_config
 
 BIN = Path(sys.executable).parent  # ray and ptray of this environment
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from conftest import REPO
-from tune_util import ptray_cmd, results, run_ptray, write_config
+from conftest import REPO, ptray_cmd, results, run_ptray
+from tune_util import write_config
 
 
 @pytest.mark.slow

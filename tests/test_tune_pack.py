@@ -7,13 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import check_mlflow_structure, results, run_ptray, tiny_config
 from ptray import stats
 from ptray.config import ConfigError, config_from_dict
 from ptray.distributed.search import SearchPlan
 from ptray.tracking.store import resolve_tracking_uri
-from test_tracking import check_mlflow_structure
-from tune_util import results, run_ptray, write_config
+from tune_util import write_config
 
 
 def test_packs_group_seeds_and_refuse_per_seed_schedulers(data_dir):

@@ -5,8 +5,9 @@ import re
 
 import pytest
 
+from conftest import results, run_ptray
 from ptray.layout import config_id
-from tune_util import results, run_ptray, write_config
+from tune_util import write_config
 
 
 @pytest.mark.slow

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, ptray_cmd, results, run_ptray
 from ptray.layout import config_id
-from tune_util import ptray_cmd, results, run_ptray, write_config
+from tune_util import write_config
 
 
 @pytest.mark.slow

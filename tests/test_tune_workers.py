@@ -3,7 +3,8 @@ end to end on this CPU machine, checkpoints of both ranks included."""
 import pytest
 import torch
 
-from tune_util import results, run_ptray, write_config
+from conftest import rescored_report_metrics, results, run_ptray
+from tune_util import write_config
 
 
 @pytest.mark.slow
@@ -20,8 +21,8 @@ def test_two_worker_trial_trains_with_zero3_and_checkpoints(data_dir, tmp_path):
     assert r["status"] == "ok", r.get("reason")
     assert r["config"]["train"]["zero_stage"] == 3 and r["steps"] == 6
     assert [h["step"] for h in r["history"]] == list(range(1, 7))
-    assert 0 <= r["report_metrics"]["accuracy"] <= 1
-    assert (out / "runs" / cid / f"seed{seed}" / "adapter.safetensors").is_file()
+    # The filed metrics are the adapter (gathered from the ZeRO-3 shards) scored on the report split in one process.
+    assert r["report_metrics"] == rescored_report_metrics(out / "runs" / cid / f"seed{seed}")
 
     # Every evaluation's Tune checkpoint holds the ZeRO-3 shard of each rank and the loop's step.
     [trial_dir] = (out / "ray" / "search").glob(f"{cid}-seed{seed}-*")

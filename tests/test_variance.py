@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
+from conftest import write_experiment, write_result
 from ptray.analysis import variance
 from ptray.analysis.report import write_report
 from ptray.layout import config_id, label
@@ -89,12 +90,8 @@ def test_report_groups_configs_that_differ_only_in_source_seeds(tmp_path):
                 v = None if seed == 2 else 0.7 + rng.normal(0, 0.05)  # a failed seed has no score
                 r = _result(seed, None, v, o)
             values[config_id(o), seed] = v
-            path = tmp_path / "runs" / config_id(o) / f"seed{seed}" / "result.json"
-            path.parent.mkdir(parents=True)
-            path.write_text(json.dumps(r))
-    (tmp_path / "experiment.json").write_text(json.dumps({
-        "name": "sources", "config": {}, "seeds": [0, 1, 2], "baseline_config_id": config_id(configs[0]),
-        "configs": {config_id(o): {"overrides": o, "label": label(o)} for o in configs}}))
+            write_result(tmp_path, o, seed, r)
+    write_experiment(tmp_path, configs, [0, 1, 2], baseline=configs[0])
 
     fams = {f.label: f for f in variance.families(load_experiment(tmp_path), "accuracy")}
     assert set(fams) == {"method.name=vanilla", "method.name=residual"}
