@@ -15,7 +15,7 @@ from ptray.config_base import ConfigError, Strict
 from ptray.core.methods import DEFAULT_METHOD, METHODS, MethodConfig
 from ptray.core.perturbations import PERTURBATIONS, PerturbationConfig
 from ptray.core.tasks import TASKS, Task
-from ptray.layout import with_values
+from ptray.layout import redact, with_values
 
 __all__ = ["ConfigError", "ExperimentConfig", "MethodConfig", "ModelConfig", "PerturbationConfig", "TaskConfig",
            "TrackingConfig", "TrainConfig", "TuneConfig", "apply_overrides", "config_from_dict", "default_data_dir",
@@ -298,6 +298,16 @@ class TuneConfig(Strict):
     def _search(cls, v: dict[str, Any]) -> dict[str, Any]:
         return {key: _search_entry(key, value) for key, value in v.items()}
 
+    @field_validator("storage_path")
+    @classmethod
+    def _no_credentials(cls, v: str | None) -> str | None:
+        if v is not None and redact(v) != v:
+            # Ray keeps its storage path in the experiment's saved state, where ptray cannot redact it.
+            raise ValueError("holds credentials (user:password@); Ray would save them with the experiment's state. "
+                             "Write the path without them and give them through the environment "
+                             "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or the node's instance profile)")
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> "TuneConfig":
         if self.seeds is not None and self.num_seeds is not None:
@@ -521,6 +531,7 @@ def _format_error(err: ValidationError, source: str) -> str:
         msg = _FIXES.get(e["type"], e["msg"].removeprefix("Value error, "))
         given = e.get("input")
         shown = "" if isinstance(given, dict) or e["type"] in ("unknown_key", "missing") else f" (got {given!r})"
+        shown = redact(shown)  # a bad value may hold a credential: it is not echoed to the console
         problems.append(f"{key}: {msg}{shown}" if key else f"{msg}{shown}")
     # One problem: one line; several: one per line under the heading.
     if len(problems) == 1:

@@ -112,6 +112,10 @@ CASES = [
     Case("zero-stage-bool", ["config", "train.zero_stage=true"], "train.zero_stage: a boolean where a number or text"),
     Case("batch-size-zero", ["config", "train.batch_size=0"], "train.batch_size: Input should be greater than or "
                                                                "equal to 1"),
+    Case("tune-storage-with-credentials", ["config", "tune.storage_path=s3://AKIA1:s3cret@bucket/exp"],
+         "tune.storage_path: holds credentials (user:password@); Ray would save them"),
+    Case("tune-storage-credentials-not-echoed", ["config", "tune.storage_path=s3://AKIA1:s3cret@bucket/exp"],
+         "(got 's3://***@bucket/exp')"),
     Case("tune-seeds-repeated", ["config", "tune.seeds=[1, 1]"], "seeds must be a non-empty list of distinct"),
     Case("search-the-seed", ["config", "tune.search={train.seed: [1, 2]}"],
          "train.seed: seeds are their own dimension; set tune.seeds or tune.num_seeds instead"),
