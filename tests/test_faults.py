@@ -74,6 +74,61 @@ def test_a_quote_in_the_folder_path_is_logged_and_found_again(tmp_path):
     assert {k: r.info.run_id for k, r in again.items()} == {k: r.info.run_id for k, r in first.items()}
 
 
+def test_a_moved_folder_keeps_its_runs_and_its_artifacts(tmp_path):
+    from mlflow import MlflowClient
+
+    from ptray.analysis.report import log_experiment
+    from ptray.tracking.store import resolve_tracking_uri
+
+    old = _experiment(tmp_path / "old" / "exp")
+    for o in (A, B):
+        for s in SEEDS:
+            _file(old, o, s)
+    log_experiment(old, resolve_tracking_uri(old))
+    first = check_mlflow_structure(resolve_tracking_uri(old), "exp", {config_id(A): SEEDS, config_id(B): SEEDS})
+    new = tmp_path / "new" / "exp"
+    new.parent.mkdir()
+    old.rename(new)  # the store and its artifacts move with the folder
+    uri = resolve_tracking_uri(new)
+    # was: a second parent and child for every run (runs were keyed by the folder's path)
+    report = run_ptray("report", new)
+    assert report.returncode == 0, report.stderr
+    again = check_mlflow_structure(uri, "exp", {config_id(A): SEEDS, config_id(B): SEEDS})
+    assert {k: r.info.run_id for k, r in again.items()} == {k: r.info.run_id for k, r in first.items()}
+    # MLflow reads and writes artifacts in the moved folder (was: the old path, outside it, created again).
+    assert not (tmp_path / "old" / "exp").exists(), sorted((tmp_path / "old").rglob("*"))
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("exp")
+    assert exp.artifact_location == (new / "mlartifacts").as_uri() and exp.tags["ptray.dir"] == str(new)
+    for run in client.search_runs([exp.experiment_id], max_results=100):
+        assert run.info.artifact_uri.startswith((new / "mlartifacts").as_uri() + "/"), run.info.artifact_uri
+        assert run.data.tags["ptray.dir"] == str(new)
+        assert client.list_artifacts(run.info.run_id), run.info.run_id  # the files logged before the move
+    assert [a.path for a in client.list_artifacts(again[config_id(A), 0].info.run_id)] == ["result.json"]
+    parent = client.get_run(again[config_id(A), 0].data.tags["mlflow.parentRunId"])
+    assert "report" in {a.path for a in client.list_artifacts(parent.info.run_id)}  # logged after the move
+
+
+def test_a_folder_from_before_uids_is_found_by_its_path(tmp_path):
+    from ptray.analysis.report import log_experiment
+    from ptray.layout import read_experiment_json
+    from ptray.tracking.store import resolve_tracking_uri
+
+    root = _experiment(tmp_path / "exp")
+    meta = read_experiment_json(root)
+    del meta["uid"]  # experiment.json as ptray wrote it before 2026-11-30
+    write_json(root / "experiment.json", meta)
+    for o in (A, B):
+        for s in SEEDS:
+            _file(root, o, s)
+    uri = resolve_tracking_uri(root)
+    log_experiment(root, uri)
+    first = check_mlflow_structure(uri, "exp", {config_id(A): SEEDS, config_id(B): SEEDS})
+    log_experiment(root, uri)  # its runs are keyed by its path, as that ptray keyed them: found, none made twice
+    again = check_mlflow_structure(uri, "exp", {config_id(A): SEEDS, config_id(B): SEEDS})
+    assert {k: r.info.run_id for k, r in again.items()} == {k: r.info.run_id for k, r in first.items()}
+
+
 # --- `ptray report` while a sweep runs, and a failure that a resume repairs -----------------------------------------
 @pytest.fixture
 def owned(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ptray.layout import config_id
-from conftest import run_ptray
+from conftest import check_mlflow_structure, run_ptray
 from tune_util import write_config
 
 
@@ -68,12 +68,29 @@ def test_resume_repairs_results_and_tune_state(data_dir, tmp_path):
     assert {s: files[s].read_text() for s in (0, 2)} == before
     assert json.loads(files[1].read_text())["status"] == "ok"
 
+    # The folder moves, and a resume still has a seed to run (seed 2's result lost). Tune's saved searcher holds the
+    # old paths, where the trials it creates would write: its state is set aside, and the seed is planned anew.
+    before = {s: files[s].read_text() for s in (0, 1)}
+    old, out = out, tmp_path / "moved" / "exp"
+    out.parent.mkdir()
+    old.rename(out)
+    files = {s: out / f.relative_to(old) for s, f in files.items()}
+    files[2].unlink()
+    p = run_ptray("tune", "--resume", out, "--trust")  # the folder is this test's own
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert f"{out} was moved here from {old} since Ray Tune saved its state" in p.stdout
+    assert {s: files[s].read_text() for s in (0, 1)} == before
+    assert json.loads(files[2].read_text())["status"] == "ok"
+    assert len(list(out.glob("ray.moved-*"))) == 1 and not old.exists()  # nothing written where the folder was
+    check_mlflow_structure(f"sqlite:///{out / 'mlflow.db'}", "repair", {cid: [0, 1, 2]})  # no run made twice
+
     # A well-formed result.json of another schema: the report names it as a broken record and goes on.
     files[0].write_text(json.dumps({"accuracy": 0.9}))
     p = run_ptray("report", out, "--no-mlflow")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     # The console and report.md cut long reasons: the file comes first (its problem: the test below).
-    assert f"base seed 0: broken record {files[0]}" in p.stdout
+    reason = f"broken record {files[0]}"
+    assert f"base seed 0: {reason[:100]}" in p.stdout  # the console line is cut at 120 characters
     assert f"broken record {files[0]}" in (out / "report" / "report.md").read_text()
 
 

@@ -19,6 +19,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from datetime import datetime, timezone
 from functools import partial
@@ -68,6 +69,8 @@ def _run(exp_dir: Path, config, overrides: list[str], address, resume, verbose: 
     storage = plan.tune.storage_path or str((exp_dir / RAY_DIR).resolve())
     if resume is not None:
         repair_results(exp_dir, storage)
+        if plan.tune.storage_path is None:
+            follow_move(exp_dir)
     console = sys.stdout  # ptray's live view; Ray's own prints go to DIR/logs/ray.log unless verbose
     with _logs_to(exp_dir / LOG_DIR / "ray.log", enabled=not verbose):
         started = connect(address, verbose)
@@ -193,11 +196,13 @@ def _absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
 
 def _write_experiment(exp_dir: Path, plan: SearchPlan, name: str, seeds: list[int],
                       overrides: list[dict[str, Any]], baseline: str | None) -> None:
-    """DIR/experiment.json: what marks a ptray experiment, with the configs known up front (more may join)."""
+    """DIR/experiment.json: what marks a ptray experiment, with the configs known up front (more may join). Its uid
+    names the experiment wherever the folder is moved (MLflow finds its runs by it)."""
     import ptray
 
     write_json(exp_dir / EXPERIMENT_FILE, {
-        "ptray_version": ptray.__version__, "name": name, "config": plan.base, "seeds": seeds,
+        "ptray_version": ptray.__version__, "uid": uuid.uuid4().hex, "folder": str(exp_dir.resolve()), "name": name,
+        "config": plan.base, "seeds": seeds,
         "configs": {config_id(o): {"overrides": o, "label": label(o)} for o in overrides},
         "baseline_config_id": baseline, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
@@ -412,6 +417,24 @@ def _checkpoint_copy(storage: Path, cid: str, seed: int) -> tuple[Path, str] | N
             if result_problem(copy) is None:
                 found.append((copy.stat().st_mtime, copy, parsed[1]))
     return max(found)[1:] if found else None
+
+
+def follow_move(exp_dir: Path) -> None:
+    """A resume in a folder moved since its last run. Ray Tune's saved searcher keeps the old absolute paths, and the
+    trials it creates on a restore would write there (Ray restores only the paths of the trials it already held). So
+    Tune's storage is set aside (kept) and the trials are planned from result.json: finished seeds are kept, those that
+    had not finished start over. experiment.json's `folder` then names the new place."""
+    meta = read_experiment_json(exp_dir)
+    here, was = str(exp_dir.resolve()), meta.get("folder")
+    if was == here:
+        return
+    tune_dir = exp_dir / RAY_DIR
+    if was is not None and tune_dir.exists():  # folders from before `folder` was recorded are taken as unmoved
+        aside = set_aside(tune_dir, "moved")
+        print(f"{exp_dir} was moved here from {was} since Ray Tune saved its state, which holds the old paths; kept as "
+              f"{aside.name}, and the trials are planned again from result.json (finished seeds do not run again, "
+              "unfinished ones start over)", flush=True)
+    write_json(exp_dir / EXPERIMENT_FILE, {**meta, "folder": here})
 
 
 def tune_state_problem(path: Path) -> str | None:

@@ -90,6 +90,26 @@ def _open_store(uri: str, experiment_dir: Path):
         return MlflowClient(uri)
 
 
+def _follow_move(db: Path, experiment_id: str, old: str, new: str, folder: Path) -> None:
+    """The folder's own store, in a folder that was moved: its artifact URIs still name the old place, where MLflow
+    would write (outside the folder) and where the UI finds nothing. MLflow has no call to change them, so the columns
+    that hold them are rewritten, with the runs' ptray.dir tags; the store is the folder's own and holds this
+    experiment only."""
+    import sqlite3
+    from contextlib import closing
+
+    if not old.endswith("/" + ARTIFACTS_DIR):  # a location ptray did not choose is left as it is
+        return
+    with closing(sqlite3.connect(db, timeout=30)) as con, con:
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, int(experiment_id)))
+        con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                    "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+                    (new, len(old) + 1, int(experiment_id), len(old), old))
+        con.execute("UPDATE tags SET value = ? WHERE key = 'ptray.dir' "
+                    "AND run_uuid IN (SELECT run_uuid FROM runs WHERE experiment_id = ?)",
+                    (str(folder), int(experiment_id)))
+
+
 class Tracker:
     """Writes one experiment folder's runs to MLflow. Use from a single process (the Tune driver, or the CLI)."""
 
@@ -108,21 +128,27 @@ class Tracker:
     # --- runs ------------------------------------------------------------------------------------------------
     def _experiment(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
+        # A local SQLite store would otherwise put artifacts in ./mlruns of whatever folder the command ran in.
+        location = (self.dir / ARTIFACTS_DIR).as_uri() if self.uri.startswith("sqlite:") else None
         if exp is not None:
             if EXPERIMENT_KIND not in exp.tags:  # stores written before ptray set the kind
                 self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, "custom_model_development")
+            own_store = self.uri == f"sqlite:///{self.dir / DB_FILE}"
+            if own_store and exp.artifact_location != location:  # the folder was moved
+                _follow_move(self.dir / DB_FILE, exp.experiment_id, exp.artifact_location, location, self.dir)
+                self.client.set_experiment_tag(exp.experiment_id, "ptray.dir", str(self.dir))
             return exp.experiment_id
-        # A local SQLite store would otherwise put artifacts in ./mlruns of whatever folder the command ran in.
-        location = (self.dir / ARTIFACTS_DIR).as_uri() if self.uri.startswith("sqlite:") else None
         # MLflow 3's UI opens an experiment of unknown kind on its GenAI/traces view; these are training runs.
         return self.client.create_experiment(name, artifact_location=location,
                                              tags={"ptray.dir": str(self.dir), EXPERIMENT_KIND: "custom_model_development"})
 
     def _key(self, **tags: str) -> str:
         """What a run is found by (its ptray.key tag), so a resumed sweep or a second log_experiment reuses it: a hash
-        of the folder (two folders may share a name on one tracking server) and the run's role, config and seed.
-        A hash, because MLflow's filter strings have no escape for a quote, which a folder's path may hold."""
-        return hashlib.sha1(json.dumps([str(self.dir), tags], sort_keys=True).encode()).hexdigest()
+        of the experiment's uid (two folders may share a name on one tracking server; the uid moves with the folder)
+        and the run's role, config and seed. Folders written before experiment.json had a uid are known by their
+        path. A hash, because MLflow's filter strings have no escape for a quote, which a folder's path may hold."""
+        identity = self.meta.get("uid") or str(self.dir)
+        return hashlib.sha1(json.dumps([identity, tags], sort_keys=True).encode()).hexdigest()
 
     def _find(self, **tags: str) -> str | None:
         runs = self.client.search_runs([self.experiment_id], f"tags.`ptray.key` = '{self._key(**tags)}'",
