@@ -127,7 +127,8 @@ def free_port() -> int:
 def write_experiment(root: Path, configs: list[dict], seeds: list[int], base: dict | None = None,
                      baseline: dict | None = None) -> None:
     """experiment.json as `ptray tune` writes it: the configs' overrides (their ids and labels), the seeds."""
-    meta = {"ptray_version": "0.1.0", "uid": uuid.uuid4().hex, "name": root.name, "config": base or {}, "seeds": seeds,
+    meta = {"ptray_version": "0.1.0", "uid": uuid.uuid4().hex, "folder": str(root.resolve()), "name": root.name,
+            "config": base or {}, "seeds": seeds,
             "configs": {config_id(o): {"overrides": o, "label": label(o)} for o in configs},
             "baseline_config_id": None if baseline is None else config_id(baseline), "created": "2026-01-01T00:00:00"}
     root.mkdir(parents=True, exist_ok=True)
