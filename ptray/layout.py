@@ -3,7 +3,8 @@ and dotted config keys, and how JSON is written there. The core, `ptray tune`, t
 write a run through this module, so the contract is stated once. No torch and no Ray: the driver and the report import
 it cheaply.
 
-    DIR/experiment.json                      name, base config, seeds, configs {config_id: {overrides, label}}
+    DIR/experiment.json                      name, base config, seeds, configs {config_id: {overrides, label}}, uid
+                                             (MLflow finds the runs by it), folder (where it last ran: a move shows)
     DIR/runs/<config_id>/seed<N>/            one per (config, seed), failed and stopped seeds included
         result.json                          the seed's outcome (status, reason, metrics, history, config)
         adapter.safetensors                  the trained prompt (the core's `train` writes both)
