@@ -24,8 +24,8 @@ CASES = {
 # reported on 128 sentences of the official test set (the task reads it shuffled, so both classes: majority 0.53).
 SUBJ = {"name": "subj", "k_shot": 16, "sample_seed": 0, "selection_split": "train", "report_split": "test",
         "max_seq_length": 64, "max_eval_examples": 128}
-# 10 steps of 8: each of the 32 examples seen 2.5 times. Cost measured here at load 11-14 on 2 cores: 137-387 s a
-# case, 31 min for the 8 (the first loads MiniLM); not yet timed on an idle machine.
+# 10 steps of 8: each of the 32 examples seen 2.5 times. Cost measured here on 2 cores: 5-14 s a case, 72 s for the 8,
+# when idle; 137-387 s a case at load 11-14 (torch's threads contend).
 TRAIN = {"max_steps": 10, "batch_size": 8, "eval_every": 5, "lr": 0.1}
 
 
