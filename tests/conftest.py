@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptray.layout import EXPERIMENT_FILE, RESULT_FILE, config_id, label, run_dir
+from ptray.layout import EXPERIMENT_FILE, RESULT_FILE, config_id, label, run_dir, write_json
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -131,14 +131,11 @@ def write_experiment(root: Path, configs: list[dict], seeds: list[int], base: di
             "config": base or {}, "seeds": seeds,
             "configs": {config_id(o): {"overrides": o, "label": label(o)} for o in configs},
             "baseline_config_id": None if baseline is None else config_id(baseline), "created": "2026-01-01T00:00:00"}
-    root.mkdir(parents=True, exist_ok=True)
-    (root / EXPERIMENT_FILE).write_text(json.dumps(meta))
+    write_json(root / EXPERIMENT_FILE, meta)  # as ptray writes it: credentials redacted
 
 
 def write_result(root: Path, overrides: dict, seed: int, result: dict) -> None:
-    path = run_dir(root, config_id(overrides), seed) / RESULT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result))
+    write_json(run_dir(root, config_id(overrides), seed) / RESULT_FILE, result)
 
 
 def read_result(root: Path, overrides: dict, seed: int) -> dict:
