@@ -19,6 +19,13 @@ def truncate_state(tuner: Path) -> None:
         state.write_text(state.read_text()[:200])
 
 
+def resume(out: Path) -> str:
+    """`ptray tune --resume` of a folder that is the test's own (hence --trust), which must succeed; its console."""
+    p = run_ptray("tune", "--resume", out, "--trust")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p.stdout
+
+
 @pytest.mark.slow
 def test_resume_repairs_results_and_tune_state(data_dir, tmp_path):
     config = write_config(tmp_path / "repair.yaml", data_dir, {"seeds": [0, 1, 2], "max_concurrent": 1},
@@ -35,10 +42,9 @@ def test_resume_repairs_results_and_tune_state(data_dir, tmp_path):
         files[s].write_text(intact[s][: len(intact[s]) // 2])
     for ckpt in search.glob(f"{cid}-seed1-*/checkpoint_*"):
         shutil.rmtree(ckpt)
-    p = run_ptray("tune", "--resume", out, "--trust")  # the folder is this test's own
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert f"{files[0]}: unreadable" in p.stdout and "restored from the trial checkpoint" in p.stdout
-    assert f"{files[1]}: unreadable" in p.stdout and "so seed 1 runs again" in p.stdout
+    stdout = resume(out)
+    assert f"{files[0]}: unreadable" in stdout and "restored from the trial checkpoint" in stdout
+    assert f"{files[1]}: unreadable" in stdout and "so seed 1 runs again" in stdout
     assert json.loads(files[0].read_text()) == json.loads(intact[0])  # as the driver first filed it
     rerun = json.loads(files[1].read_text())
     assert rerun["status"] == "ok" and rerun["trial_id"] != json.loads(intact[1])["trial_id"]
@@ -49,9 +55,8 @@ def test_resume_repairs_results_and_tune_state(data_dir, tmp_path):
     before = {s: files[s].read_text() for s in (0, 1)}
     truncate_state(search)
     files[2].unlink()
-    p = run_ptray("tune", "--resume", out, "--trust")  # the folder is this test's own
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert "search: Tune's saved state cannot be read (experiment_state-" in p.stdout
+    stdout = resume(out)
+    assert "search: Tune's saved state cannot be read (experiment_state-" in stdout
     assert {s: files[s].read_text() for s in (0, 1)} == before  # finished seeds did not run again
     assert json.loads(files[2].read_text())["status"] == "ok"
     assert len(list(out.glob("ray/search.unreadable-*"))) == 1
@@ -62,9 +67,8 @@ def test_resume_repairs_results_and_tune_state(data_dir, tmp_path):
     [rerun_state] = out.glob("ray/search-rerun-*")
     truncate_state(rerun_state)
     files[1].unlink()
-    p = run_ptray("tune", "--resume", out, "--trust")  # the folder is this test's own
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert f"{rerun_state.name}: Tune's saved state cannot be read (experiment_state-" in p.stdout
+    stdout = resume(out)
+    assert f"{rerun_state.name}: Tune's saved state cannot be read (experiment_state-" in stdout
     assert {s: files[s].read_text() for s in (0, 2)} == before
     assert json.loads(files[1].read_text())["status"] == "ok"
 
@@ -76,9 +80,8 @@ def test_resume_repairs_results_and_tune_state(data_dir, tmp_path):
     old.rename(out)
     files = {s: out / f.relative_to(old) for s, f in files.items()}
     files[2].unlink()
-    p = run_ptray("tune", "--resume", out, "--trust")  # the folder is this test's own
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert f"{out} was moved here from {old} since Ray Tune saved its state" in p.stdout
+    stdout = resume(out)
+    assert f"{out} was moved here from {old} since Ray Tune saved its state" in stdout
     assert {s: files[s].read_text() for s in (0, 1)} == before
     assert json.loads(files[2].read_text())["status"] == "ok"
     assert len(list(out.glob("ray.moved-*"))) == 1 and not old.exists()  # nothing written where the folder was
