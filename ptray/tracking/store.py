@@ -39,12 +39,17 @@ _COUNTS = ("n_seeds", "n_ok", "n_failed", "failure_rate", "n_at_majority", "majo
 _STATISTICS = stats.SUMMARY_STATISTICS + tuple(k + stats.NONDEGENERATE for k in stats.SUMMARY_STATISTICS)
 
 
+def own_store_uri(experiment_dir: str | Path) -> str:
+    """The URI of the folder's own SQLite store, DIR/mlflow.db."""
+    return f"sqlite:///{Path(experiment_dir).resolve() / DB_FILE}"
+
+
 def resolve_tracking_uri(experiment_dir: str | Path, config: dict | None = None) -> str:
     """Where an experiment is tracked: the config's tracking.uri, else $MLFLOW_TRACKING_URI, else DIR/mlflow.db."""
     uri = ((config or {}).get("tracking") or {}).get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
     # experiment.json keeps no credentials (ptray.layout.redact): MLflow takes them from MLFLOW_TRACKING_USERNAME /
     # MLFLOW_TRACKING_PASSWORD instead.
-    return without_redacted(uri) if uri else f"sqlite:///{Path(experiment_dir).resolve() / DB_FILE}"
+    return without_redacted(uri) if uri else own_store_uri(experiment_dir)
 
 
 def open_tracker(experiment_dir: str | Path, tracking_uri: str | None = None) -> "Tracker":
@@ -69,7 +74,7 @@ def _open_store(uri: str, experiment_dir: Path):
         return client
     except Exception as e:  # noqa: BLE001 - any failure to open it; a store not ptray's own is re-raised
         # A busy store (another process writing) is sound: only a file that cannot be read as a store is replaced.
-        if uri != f"sqlite:///{db}" or not db.is_file() or "locked" in str(e) or "busy" in str(e):
+        if uri != own_store_uri(experiment_dir) or not db.is_file() or "locked" in str(e) or "busy" in str(e):
             raise
         aside = db.with_name(f"{DB_FILE}.broken-{int(time.time())}")
         db.rename(aside)
@@ -133,7 +138,7 @@ class Tracker:
         if exp is not None:
             if EXPERIMENT_KIND not in exp.tags:  # stores written before ptray set the kind
                 self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, "custom_model_development")
-            own_store = self.uri == f"sqlite:///{self.dir / DB_FILE}"
+            own_store = self.uri == own_store_uri(self.dir)
             if own_store and exp.artifact_location != location:  # the folder was moved
                 _follow_move(self.dir / DB_FILE, exp.experiment_id, exp.artifact_location, location, self.dir)
                 self.client.set_experiment_tag(exp.experiment_id, "ptray.dir", str(self.dir))
