@@ -26,13 +26,15 @@ def run(folder: Path) -> None:
             continue
         t0 = time.perf_counter()
         # --trust: the Tune state a resume loads is the one this script's own earlier run wrote.
-        args = (["tune", "--resume", str(out), "--trust"] if (out / "experiment.json").is_file()
-                else ["tune", str(config), "--output", str(out)])
+        resumed = (out / "experiment.json").is_file()
+        args = ["tune", "--resume", str(out), "--trust"] if resumed else ["tune", str(config), "--output", str(out)]
         subprocess.run([sys.executable, "-m", "ptray.cli", *args], check=True)
         subprocess.run([sys.executable, "-m", "ptray.cli", "report", str(out)], check=True)
         took = time.perf_counter() - t0
         # The load says how far the time is from an idle machine's (this machine is shared).
-        timing = {"seconds": round(took), "finished": datetime.now(timezone.utc).isoformat(timespec="minutes"),
+        # A resumed run's time leaves out what the interrupted run had done.
+        timing = {"seconds": round(took), "resumed": resumed,
+                  "finished": datetime.now(timezone.utc).isoformat(timespec="minutes"),
                   "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                   "load_average_at_end": round(os.getloadavg()[0], 1)}
         (out / "report" / "timing.json").write_text(json.dumps(timing, indent=2))
@@ -51,13 +53,16 @@ def summary(folder: Path) -> str:
             continue
         s = json.loads(stats_file.read_text())
         timing_file = stats_file.with_name("timing.json")
-        took = f"{json.loads(timing_file.read_text())['seconds'] / 60:.1f} min" if timing_file.is_file() else "not timed"
+        took = "not timed"
+        if timing_file.is_file():
+            timing = json.loads(timing_file.read_text())
+            took = f"{timing['seconds'] / 60:.1f} min" + (" (after a resume)" if timing.get("resumed") else "")
         m = s["primary_metric"]
         for c in s["configs"].values():
             h = c["summary"][m]
             lines.append(f"| [{config.stem}]({config.stem}/report/report.md) | {c['label']} | {h['n_ok']} | "
-                         f"{h['mean']:.4f} ± {h['std']:.4f} | {h['min']:.4f} | {int(h['n_at_majority'])}/{h['n_seeds']} "
-                         f"| {took} |")
+                         f"{h['mean']:.4f} ± {h['std']:.4f} | {h['min']:.4f} | "
+                         f"{int(h['n_at_majority'])}/{h['n_seeds']} | {took} |")
             if c["comparison"]:
                 sentences.append(f"- **{config.stem}**: {c['comparison']['sentence']}")
     return "\n".join(lines + ["", *sentences, ""])
