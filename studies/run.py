@@ -2,6 +2,7 @@
 claim's RESULTS.md from the reports' own numbers (stats.json), so nothing in it is typed by hand.
 
     python studies/run.py studies/residual            # runs what has no result yet, then writes RESULTS.md
+    python studies/run.py studies/residual trec cr    # only these tasks (in this order), then RESULTS.md
     python studies/run.py studies/residual --summary  # only rewrites RESULTS.md from the reports on disk
 
 Each YAML <task>.yaml runs into <claim>/<task>/ (the whole experiment folder; only its report/ is committed).
@@ -19,8 +20,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 
-def run(folder: Path) -> None:
-    for config in sorted(folder.glob("*.yaml")):
+def run(folder: Path, tasks: list[str]) -> None:
+    configs = [folder / f"{t}.yaml" for t in tasks] if tasks else sorted(folder.glob("*.yaml"))
+    missing = [str(c) for c in configs if not c.is_file()]
+    if missing:
+        raise SystemExit(f"no experiment YAML {', '.join(missing)}; the tasks of {folder} are "
+                         f"{', '.join(c.stem for c in sorted(folder.glob('*.yaml')))}")
+    for config in configs:
         out = folder / config.stem
         if (out / "report" / "stats.json").is_file():
             continue
@@ -71,9 +77,10 @@ def summary(folder: Path) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="a claim's folder under studies/")
+    parser.add_argument("tasks", nargs="*", help="run only these tasks (<task>.yaml in the folder), in this order")
     parser.add_argument("--summary", action="store_true", help="only rewrite RESULTS.md from the reports on disk")
     a = parser.parse_args()
     if not a.summary:
-        run(a.folder)
+        run(a.folder, a.tasks)
     (a.folder / "RESULTS.md").write_text(summary(a.folder))
     print(f"wrote {a.folder / 'RESULTS.md'}")
