@@ -465,6 +465,16 @@ class ExperimentConfig(Strict):
                     f"train.max_grad_norm=null, train.zero_stage=0 or train.seed_pack=1")
         return None
 
+    def positions_problem(self, limit: int | None) -> str | None:
+        """Why the prompt and the input overflow the model's `limit` positions (None: relative positions), with the
+        fix; None when they fit."""
+        prompt_len, seq = self.method.added_positions(), self.task.max_seq_length
+        if limit is None or prompt_len + seq <= limit:
+            return None
+        return (f"method prompt length {prompt_len} + task.max_seq_length {seq} = {prompt_len + seq} exceeds the "
+                f"{limit} positions of model {self.model.name!r}; lower task.max_seq_length to {limit - prompt_len} "
+                f"or less")
+
     def source_seeds(self) -> dict[str, int | None]:
         """The seed of each source of seed variance, as result.json records it under "seeds": the k-shot sample (None
         without task.k_shot: the whole split is used), the initialisation, the data order and training noise. An unset

@@ -110,6 +110,9 @@ class RandomStream:
             torch.cuda.set_rng_state(state[1], self.cuda)
 
 
+NO_BEST = {"score": -math.inf, "step": 0, "metrics": None, "state": None, "adapter": {}}
+
+
 class SeedRun:
     """Everything that makes one seed of a pack a seed: its model (prompt and head), data order, random stream,
     perturbation, history, best selection state, early stopping, reporter, adapter and result summary."""
@@ -121,7 +124,10 @@ class SeedRun:
         self.stream = RandomStream(cfg.source_seeds()["order"], device)  # training noise is the order seed's
         self.perturbation = build_perturbation(cfg, tokenizer, rank)
         self.history: list[dict] = []
-        self.best = {"score": -math.inf, "step": 0, "metrics": None, "state": None, "adapter": {}}
+        # Changes of the prompt length on restore (PBT over method.num_tokens, ptray.core.resize): {step, old, new,
+        # donor}. A checkpoint carries them with the history, so a member's list is its prompt's whole lineage.
+        self.resizes: list[dict] = []
+        self.best = dict(NO_BEST)
         self.patience = 0
         self.examples_seen = 0
         self.steps_done = 0
@@ -153,6 +159,13 @@ class SeedRun:
         limit = self.cfg.train.early_stopping_patience
         return bool(limit and self.patience >= limit)
 
+    def resized(self, step: int, old: int, new: int, donor) -> None:
+        """The prompt was restored at step `step` with `new` tokens from a checkpoint of `old` (taken over from the
+        member `donor`, if another's). The best selection state so far has the old shape, so it cannot be the one
+        reported: the best is chosen again among the evaluations at the new length."""
+        self.resizes.append({"step": step, "old": old, "new": new, "donor": donor})
+        self.best, self.patience = dict(NO_BEST), 0
+
     def restore_best(self) -> None:
         # Report on the best selection checkpoint, not the last step.
         if self.best["state"] is not None:
@@ -176,11 +189,12 @@ class SeedRun:
 
     def bookkeeping(self) -> dict:
         """What a checkpoint carries of this seed besides the engine's state (see train.resume)."""
-        return {"history": self.history, "best": self.best, "patience": self.patience,
+        return {"history": self.history, "resizes": self.resizes, "best": self.best, "patience": self.patience,
                 "examples_seen": self.examples_seen, "rng": self.stream.state}
 
     def restore(self, bookkeeping: dict) -> None:
         self.history, self.best = bookkeeping["history"], bookkeeping["best"]
+        self.resizes = bookkeeping.get("resizes", [])  # checkpoints from before resizes were recorded had none
         self.patience, self.examples_seen = bookkeeping["patience"], bookkeeping["examples_seen"]
         self.steps_done = self.history[-1]["step"] if self.history else 0
         if "rng" in bookkeeping:  # checkpoints from before seeds kept their own stream continue on the fresh one
@@ -190,6 +204,7 @@ class SeedRun:
         return {
             "selection_metrics": self.best["metrics"], "report_metrics": self.report_metrics,
             "best_step": self.best["step"], "steps": self.steps_done, "history": self.history,
+            "resizes": self.resizes,
             "throughput": {"train_examples_per_s": self.examples_seen / max(train_seconds, 1e-9)},
         }
 
