@@ -117,3 +117,74 @@ def test_a_resized_model_scores_as_a_fresh_one_and_trains_on(checkpoints, name, 
     assert r["best_step"] == 3 and r["selection_metrics"] is not None  # chosen among evaluations at 12 tokens
     saved = json.loads((tmp_path / RESULT_FILE).read_text())
     assert saved["resizes"] == r["resizes"] and saved["config"]["method"]["num_tokens"] == 12
+
+
+# --- the search: what PBT explores, and what is refused before Ray starts ---------------------------------------------
+def plan_of(data_dir, search, scheduler="pbt", tune=None, **sections):
+    """The search plan of the tiny config (MiniLM: 512 positions) with a population of 2."""
+    from conftest import tiny_config
+    from ptray.distributed.search import SearchPlan
+
+    tune = {"num_samples": 2, "search": search, "scheduler": scheduler, **(tune or {})}
+    return SearchPlan(config_from_dict(tiny_config(data_dir, tune=tune, **sections)), "accuracy", 512)
+
+
+def test_pbt_explores_a_randint_length_as_an_int_within_its_bounds(data_dir):
+    import random
+
+    from ray.tune.schedulers.pbt import _explore
+
+    scheduler = plan_of(data_dir, {"method.num_tokens": {"randint": [4, 32]},
+                                   "train.lr": {"loguniform": [0.01, 0.3]}}).scheduler()
+    random.seed(0)
+    seen = set()
+    for start in (4, 5, 16, 31, 32):
+        for _ in range(40):
+            new, _ = _explore({"method.num_tokens": start, "train.lr": 0.1}, scheduler._hyperparam_mutations, 0.25,
+                              scheduler._perturbation_factors, scheduler._custom_explore_fn)
+            n = new["method.num_tokens"]
+            assert type(n) is int and 4 <= n <= 32, n
+            seen.add(n)
+    assert {4, 32} <= seen  # without the bounds, 32 * 1.2 and 4 * 0.8 would leave the range
+    # A choice stays one of the choices: PBT moves it to a neighbour in the list (or resamples it).
+    scheduler = plan_of(data_dir, {"method.num_tokens": {"choice": [4, 8, 16]}}).scheduler()
+    assert scheduler._hyperparam_mutations == {"method.num_tokens": [4, 8, 16]}
+    for _ in range(40):
+        new, _ = _explore({"method.num_tokens": 8}, scheduler._hyperparam_mutations, 0.25,
+                          scheduler._perturbation_factors, scheduler._custom_explore_fn)
+        assert new["method.num_tokens"] in (4, 8, 16)
+
+
+@pytest.mark.parametrize("search, scheduler, sections, needles", [
+    ({"method.num_tokens": {"randint": [0, 8]}}, "pbt", {}, ["the value 0 of method.num_tokens", "greater than or equal to 1"]),
+    # MiniLM has 512 positions; the tiny config's inputs take 128 of them.
+    ({"method.num_tokens": {"randint": [4, 400]}}, "pbt", {},
+     ["the value 400 of method.num_tokens does not fit the model", "400 + task.max_seq_length 128", "bound method.num_tokens lower"]),
+    ({"method.num_tokens": {"choice": [4, 385]}}, "pbt", {}, ["the value 385 of method.num_tokens does not fit"]),
+    ({"method.num_tokens": {"uniform": [4, 32]}}, "pbt", {}, ["randint [low, high] or choice", "not uniform"]),
+    ({"method.num_tokens": {"randint": [4, 32]}}, "pb2", {}, ["pb2 cannot evolve method.num_tokens", "scheduler pbt"]),
+    ({"method.num_tokens": {"randint": [4, 32]}}, "pbt", {"method": {"name": "dynamic"}},
+     ["pbt cannot evolve method.num_tokens of method dynamic", "as a list"]),
+    ({"method.num_tokens": {"randint": [4, 32]}}, "pbt", {"method": {"name": "residual", "separate_mlps": True}},
+     ["method residual", "method.separate_mlps=false"]),
+    ({"method.num_tokens": {"randint": [4, 32]}, "method.name": ["vanilla", "dynamic"]}, "pbt", {},
+     ["of method dynamic"]),
+    ({"method.num_tokens": {"randint": [4, 32]}}, "pbt", {"train": {"zero_stage": 2}},
+     ["train.zero_stage 2", "set train.zero_stage=0"]),
+    ({"method.num_tokens": {"randint": [4, 32]}}, "pbt", {"train": {"optimizer": "adafactor"}},
+     ["train.optimizer adafactor", "set train.optimizer=adamw"]),
+    ({"method.num_tokens": {"randint": [4, 32]}}, "pbt", {"tune": {"resources": {"workers": 2}}},
+     ["tune.resources.workers 2", "set tune.resources.workers=1"]),
+])
+def test_what_cannot_be_resized_is_refused_before_ray(data_dir, search, scheduler, sections, needles):
+    with pytest.raises(ConfigError) as e:
+        plan_of(data_dir, search, scheduler, **sections)
+    for needle in needles:
+        assert needle in str(e.value), str(e.value)
+
+
+def test_resizable_methods_are_accepted_and_members_start_within_bounds(data_dir):
+    for method in ({"name": "vanilla"}, {"name": "residual"}, {"name": "deep"}):
+        plan = plan_of(data_dir, {"method.num_tokens": {"randint": [4, 32]}, "train.lr": {"loguniform": [0.01, 0.3]}},
+                       method=method)
+        assert all(4 <= m["method.num_tokens"] <= 32 for m in plan.population({}, 0))
