@@ -6,8 +6,9 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from conftest import cfg_of, read_result, results, run_ptray, write_experiment, write_result
+from conftest import cfg_of, results, run_ptray, write_experiment, write_result
 from ptray.config import ConfigError, config_from_dict
 from ptray.core import backbone as bb
 from ptray.core.data import collate
@@ -188,3 +189,111 @@ def test_resizable_methods_are_accepted_and_members_start_within_bounds(data_dir
         plan = plan_of(data_dir, {"method.num_tokens": {"randint": [4, 32]}, "train.lr": {"loguniform": [0.01, 0.3]}},
                        method=method)
         assert all(4 <= m["method.num_tokens"] <= 32 for m in plan.population({}, 0))
+
+
+# --- a real population -------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_pbt_changes_prompt_lengths_and_records_them(data_dir, tmp_path):
+    from mlflow import MlflowClient
+
+    from conftest import mlflow_runs
+    from ptray.layout import config_id
+    from tune_util import write_config
+
+    # Synchronous PBT over 2 members: at step 4 the weaker takes over the stronger's checkpoint, whatever the load
+    # (tests/test_tune_pbt.py), and explores its length by a factor 0.8 or 1.2 (no resampling). The members start
+    # at 21 and 16 tokens (the fixed draws of search.SAMPLING_SEED); either one explored moves by 3 tokens or more
+    # within [2, 24]: the target goes on at another length than its donor's checkpoint, so it is resized.
+    tune = {"name": "pbtlen", "seeds": [0], "num_samples": 2,
+            "search": {"method.num_tokens": {"randint": [2, 24]}, "train.lr": {"loguniform": [0.01, 0.3]}},
+            "scheduler": {"name": "pbt", "perturbation_interval": 4, "quantile_fraction": 0.5,
+                          "resample_probability": 0.0, "synch": True}}
+    config = write_config(tmp_path / "pbt.yaml", data_dir, tune, train={"max_steps": 6, "eval_every": 2},
+                          task={"max_seq_length": 64, "max_eval_examples": 16})
+    out = tmp_path / "exp"
+    p = run_ptray("tune", config, "--output", out, timeout=1500)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+
+    members = [config_id({"pbt.member": k}) for k in (0, 1)]
+    found = {cid: r for (cid, _), r in results(out).items() if cid in members}
+    assert all(r["status"] == "ok" for r in found.values()), [r.get("reason") for r in found.values()]
+    [exploit] = [json.loads(line) for line in (out / "ray" / "pbt-seed0" / "pbt_global.txt").read_text().splitlines()]
+    donor_config, new_config = exploit[4], exploit[5]
+    target, donor = new_config["config_id"], donor_config["config_id"]
+    took = found[target]
+    old, new = donor_config["method.num_tokens"], new_config["method.num_tokens"]
+    assert type(new) is int and 2 <= new <= 24 and new != old
+    # result.json: the target's resize at the boundary, from the donor's checkpoint, and its final length.
+    assert took["resizes"] == [{"step": 4, "old": old, "new": new, "donor": donor}]
+    assert took["config"]["method"]["num_tokens"] == new
+    assert [h["step"] for h in took["history"]] == list(range(1, 7))
+    assert took["best_step"] == 6  # the best is chosen among the evaluations at its new length
+    adapter = load_file(out / "runs" / target / "seed0" / ADAPTER_FILE)
+    assert adapter["method.prompt"].shape == (new, H)
+    assert found[donor]["resizes"] == []  # the donor went on as it was
+    # MLflow: every member's prompt length over time, from its start to each change.
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    _, _, children = mlflow_runs(client, client.get_experiment_by_name("pbtlen").experiment_id)
+    runs = {r.data.tags["ptray.config_id"]: r for r in children}
+    lengths = {cid: sorted((m.step, m.value) for m in client.get_metric_history(runs[cid].info.run_id, "prompt_length"))
+               for cid in members}
+    assert lengths[target] == [(0, old), (4, new)]
+    assert lengths[donor] == [(0, old)]
+
+
+# --- the report and MLflow, on hand-built results ---------------------------------------------------------------------
+def _member(root, k: int, seed: int, final: int, resizes: list[dict], acc: float) -> None:
+    from ptray.layout import config_id, label
+
+    overrides = {"pbt.member": k}
+    write_result(root, overrides, seed, {
+        "seed": seed, "status": "ok", "primary_metric": "accuracy", "majority_baseline": 0.5,
+        "selection_metrics": {"accuracy": acc}, "report_metrics": {"accuracy": acc}, "resizes": resizes,
+        "history": [{"step": s, "loss": 1.0} for s in range(1, 7)], "steps": 6,
+        "config": {"method": {"name": "vanilla", "num_tokens": final}, "train": {"seed": seed}},
+        "config_id": config_id(overrides), "overrides": overrides, "label": label(overrides)})
+
+
+def test_report_plots_accuracy_against_final_length_and_mlflow_logs_each_length(tmp_path):
+    from mlflow import MlflowClient
+
+    from conftest import check_png, mlflow_runs
+    from ptray.analysis.report import write_report
+    from ptray.layout import config_id
+
+    root = tmp_path / "exp"
+    write_experiment(root, [{"pbt.member": 0}, {"pbt.member": 1}], [0, 1], base={"method": {"name": "vanilla"}})
+    grown = [{"step": 4, "old": 16, "new": 19, "donor": config_id({"pbt.member": 1})}]
+    for seed in (0, 1):
+        _member(root, 0, seed, 19, grown, 0.7 + 0.01 * seed)
+        _member(root, 1, seed, 16, [], 0.6 + 0.01 * seed)
+    md = write_report(root, log_mlflow=True, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    check_png(root / "report" / "metric_vs_length.png")
+    assert "![metric vs prompt length](metric_vs_length.png)" in md.read_text()
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    _, _, children = mlflow_runs(client, client.get_experiment_by_name("exp").experiment_id)
+    lengths = {(r.data.tags["ptray.config_id"], r.data.tags["ptray.seed"]):
+               sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, "prompt_length"))
+               for r in children}
+    for seed in ("0", "1"):
+        assert lengths[config_id({"pbt.member": 0}), seed] == [(0, 16), (4, 19)]
+        assert lengths[config_id({"pbt.member": 1}), seed] == [(0, 16)]
+
+    # One length everywhere: nothing to plot.
+    same = tmp_path / "same"
+    write_experiment(same, [{"pbt.member": 0}], [0], base={"method": {"name": "vanilla"}})
+    _member(same, 0, 0, 16, [], 0.7)
+    md = write_report(same, log_mlflow=False)
+    assert not (same / "report" / "metric_vs_length.png").exists() and "metric_vs_length" not in md.read_text()
+
+
+def test_the_example_experiment_is_a_valid_pbt_over_length():
+    from conftest import REPO
+    from ptray.config import load_config
+    from ptray.distributed.search import SearchPlan
+
+    path = REPO / "experiments" / "sentence" / "pbt_length.yaml"
+    assert path.read_text().startswith("#")
+    plan = SearchPlan(load_config(path), "accuracy", 512)
+    assert plan.evolving and "method.num_tokens" in plan.scheduler()._hyperparam_mutations
