@@ -207,7 +207,10 @@ class TuneResources(Strict):
 
 class TuneScheduler(Strict):
     """fifo runs every trial to the end; asha stops weak trials early; pbt / pb2 evolve the continuous knobs of a
-    population (one population per seed). Intervals are in training steps."""
+    population (one population per seed). pbt also evolves the prompt length (method.num_tokens as randint or choice):
+    a member that takes over another's checkpoint resizes its prompt to its own length, keeping the kept tokens and
+    their optimizer moments, appending fresh tokens at the end or dropping the last ones (ZeRO stage 0, one worker per
+    trial, AdamW; not dynamic prompts). Intervals are in training steps."""
 
     name: Literal["fifo", "asha", "pbt", "pb2"] = Field(
         "fifo", description="fifo runs every trial to the end; asha stops weak trials early; pbt / pb2 evolve the "
