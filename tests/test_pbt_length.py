@@ -120,6 +120,17 @@ def test_a_resized_model_scores_as_a_fresh_one_and_trains_on(checkpoints, name, 
     assert saved["resizes"] == r["resizes"] and saved["config"]["method"]["num_tokens"] == 12
 
 
+def test_a_resize_at_the_last_step_is_scored_as_it_is(checkpoints, tmp_path):
+    # A PBT exploit of the last evaluation restarts a member at its last step: nothing is left to train, and the best
+    # state it inherited has the donor's length. Its result is the resized model, scored on the selection split.
+    cfg, ckpt = checkpoints["vanilla"]
+    r = train(at_length(cfg, 12), output_dir=tmp_path, resume_dir=ckpt, progress=False)
+    assert r["status"] == "ok", r.get("reason")
+    assert r["resizes"] == [{"step": 2, "old": 8, "new": 12, "donor": None}]
+    assert r["best_step"] == 2 and r["selection_metrics"] is not None and r["report_metrics"] is not None
+    assert load_file(tmp_path / ADAPTER_FILE)["method.prompt"].shape == (12, H)
+
+
 # --- the search: what PBT explores, and what is refused before Ray starts ---------------------------------------------
 def plan_of(data_dir, search, scheduler="pbt", tune=None, **sections):
     """The search plan of the tiny config (MiniLM: 512 positions) with a population of 2."""

@@ -150,14 +150,17 @@ class SeedRun:
         if metrics is None:
             return False
         record["selection"] = metrics
-        if metrics[primary] > self.best["score"]:
-            self.best = {"score": metrics[primary], "step": step, "metrics": metrics, "state": self.trainable_state(),
-                         "adapter": self.trainable_state(export=True)}
-            self.patience = 0
-        else:
-            self.patience += 1
+        self.patience = 0 if self.keep_if_best(step, metrics, primary) else self.patience + 1
         limit = self.cfg.train.early_stopping_patience
         return bool(limit and self.patience >= limit)
+
+    def keep_if_best(self, step: int, metrics: dict, primary: str) -> bool:
+        """Keep the current state as the best selection state if `metrics` beat it; True when they do."""
+        if metrics[primary] <= self.best["score"]:
+            return False
+        self.best = {"score": metrics[primary], "step": step, "metrics": metrics, "state": self.trainable_state(),
+                     "adapter": self.trainable_state(export=True)}
+        return True
 
     def resized(self, step: int, old: int, new: int, donor) -> None:
         """The prompt was restored at step `step` with `new` tokens from a checkpoint of `old` (taken over from the
@@ -275,6 +278,10 @@ class Loop:
                     self.training[i] = False
         bar.close()
         done = [i for i in range(len(self.seeds)) if i not in self.failed]
+        # A seed resized at its last step (a PBT exploit at the end) has no evaluation at its length: scored as it is.
+        unscored = [i for i in done if self.seeds[i].best["state"] is None]
+        for i, m in (self.evaluate("selection", unscored) if unscored else {}).items():
+            self.seeds[i].keep_if_best(step, m, self.p.task.primary_metric)
         for i in done:
             self.seeds[i].restore_best()
         report = self.evaluate("report", done) if done else {}
