@@ -31,9 +31,10 @@ def resize_checkpoint(engine, resume_dir: str | Path, out_dir: str | Path) -> di
     """When the checkpoint in `resume_dir` holds prompts of another length than the engine's seeds have, write a
     resized copy of it to `out_dir` (for `engine.load_checkpoint`). Returns {seed index in the pack: (old length,
     new length)} of the resized seeds; {} (nothing written) when every length matches."""
-    if engine.zero_optimization_stage() != 0:
-        return {}
     resume_dir, out_dir = Path(resume_dir), Path(out_dir)
+    # Without the tag file DeepSpeed's load_checkpoint loads nothing (and says so): nothing to resize either.
+    if engine.zero_optimization_stage() != 0 or not (resume_dir / "latest").is_file():
+        return {}
     tag = (resume_dir / "latest").read_text().strip()
     state = load_data_only(str(resume_dir / tag / MODEL_FILE))
     params = dict(engine.module.named_parameters())
