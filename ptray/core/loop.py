@@ -156,7 +156,7 @@ class SeedRun:
 
     def keep_if_best(self, step: int, metrics: dict, primary: str) -> bool:
         """Keep the current state as the best selection state if `metrics` beat it; True when they do."""
-        if metrics[primary] <= self.best["score"]:
+        if not metrics[primary] > self.best["score"]:  # (a NaN score is never the best)
             return False
         self.best = {"score": metrics[primary], "step": step, "metrics": metrics, "state": self.trainable_state(),
                      "adapter": self.trainable_state(export=True)}
