@@ -207,7 +207,10 @@ class TuneResources(Strict):
 
 class TuneScheduler(Strict):
     """fifo runs every trial to the end; asha stops weak trials early; pbt / pb2 evolve the continuous knobs of a
-    population (one population per seed). Intervals are in training steps."""
+    population (one population per seed). pbt also evolves the prompt length (method.num_tokens as randint or choice):
+    a member that takes over another's checkpoint resizes its prompt to its own length, keeping the kept tokens and
+    their optimizer moments, appending fresh tokens at the end or dropping the last ones (ZeRO stage 0, one worker per
+    trial, AdamW; not dynamic prompts). Intervals are in training steps."""
 
     name: Literal["fifo", "asha", "pbt", "pb2"] = Field(
         "fifo", description="fifo runs every trial to the end; asha stops weak trials early; pbt / pb2 evolve the "
@@ -464,6 +467,16 @@ class ExperimentConfig(Strict):
                     f"norm, so a pack's seeds would be clipped together, not each by its own; set "
                     f"train.max_grad_norm=null, train.zero_stage=0 or train.seed_pack=1")
         return None
+
+    def positions_problem(self, limit: int | None) -> str | None:
+        """Why the prompt and the input overflow the model's `limit` positions (None: relative positions), with the
+        fix; None when they fit."""
+        prompt_len, seq = self.method.added_positions(), self.task.max_seq_length
+        if limit is None or prompt_len + seq <= limit:
+            return None
+        return (f"method prompt length {prompt_len} + task.max_seq_length {seq} = {prompt_len + seq} exceeds the "
+                f"{limit} positions of model {self.model.name!r}; lower task.max_seq_length to {limit - prompt_len} "
+                f"or less")
 
     def source_seeds(self) -> dict[str, int | None]:
         """The seed of each source of seed variance, as result.json records it under "seeds": the k-shot sample (None

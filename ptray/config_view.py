@@ -130,8 +130,9 @@ def _doc(cls: type) -> str:
 def _capabilities(m: MethodConfig) -> str:
     tokens = f"{m.prompt_tokens()} prompt vectors in the input" if m.prompt_tokens() else "no prompt vectors in the input"
     prefix = f", {m.prefix_tokens()} key/value prefix slots per layer" if m.prefix_tokens() else ""
-    refusal = m.unpackable()
-    return f"With its defaults: {tokens}{prefix}. Seed packing: " + (f"no: {refusal}." if refusal else "yes.")
+    refusal, fixed = m.unpackable(), m.unresizable()
+    return (f"With its defaults: {tokens}{prefix}. Seed packing: " + (f"no: {refusal}." if refusal else "yes.")
+            + " PBT over method.num_tokens (resizing a checkpoint's prompt): " + (f"no: {fixed}." if fixed else "yes."))
 
 
 def _model_of(annotation) -> type[BaseModel]:

@@ -161,9 +161,9 @@ def test_bad_tune_sections_name_the_key(data_dir, tune, needles):
 @pytest.mark.parametrize(
     "tune, needles",
     [
-        # PBT may evolve continuous knobs only: a prompt length changes what is trained, the seed is a dimension.
-        ({"scheduler": "pbt", "num_samples": 2, "search": {"method.num_tokens": {"randint": [4, 16]}}},
-         ["pbt cannot evolve method.num_tokens", "prompt length", "as a list"]),
+        # PBT evolves continuous knobs and the prompt length (tests/test_pbt_length.py) only; the seed is a dimension.
+        ({"scheduler": "pbt", "num_samples": 2, "search": {"train.batch_size": {"randint": [4, 16]}}},
+         ["pbt cannot evolve train.batch_size", "method.num_tokens is the one integer", "as a list"]),
         ({"scheduler": "pbt", "num_samples": 2, "search": {"method.num_tokens": [4, 8]}},
          ["pbt needs something to evolve"]),
         ({"scheduler": "pb2", "num_samples": 2, "search": {"train.lr": {"choice": [0.01, 0.1]}}},

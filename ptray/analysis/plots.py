@@ -23,7 +23,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ptray.stats import expected_max_performance  # noqa: E402
 
-__all__ = ["seed_strip_plot", "learning_curves", "expected_max_plot", "std_vs_param"]
+__all__ = ["seed_strip_plot", "learning_curves", "expected_max_plot", "std_vs_param", "metric_vs_length"]
 
 _DPI = 120
 
@@ -243,5 +243,32 @@ def std_vs_param(
     ax.set_ylabel(f"std of {metric_name} across seeds")
     ax.set_title(f"Seed sensitivity vs {param_name}")
     if any(label is not None for label in series):
+        ax.legend(loc="best", fontsize=8)
+    return _save(fig, path)
+
+
+def metric_vs_length(
+    per_seed: Mapping[int, Sequence[tuple[float, float]]],
+    path,
+    metric_name: str,
+):
+    """Final ``metric_name`` against the final prompt length, one colour per seed.
+
+    ``per_seed`` maps a seed to its runs' ``(prompt length, value)`` points (the members of its PBT population, or
+    its configs). Points whose value is NaN (failed runs) are left out and counted in the legend.
+    """
+    seeds = sorted(per_seed)
+    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    for seed, color in zip(seeds, _colors(len(seeds))):
+        arr = np.asarray(per_seed[seed], dtype=float).reshape(-1, 2)
+        ok = arr[np.isfinite(arr[:, 1])]
+        n_fail = len(arr) - len(ok)
+        label = f"seed {seed}" + (f" ({n_fail} failed)" if n_fail else "")
+        ax.scatter(ok[:, 0], ok[:, 1], color=color, s=30, alpha=0.8, label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("final prompt length (tokens)")
+    ax.set_ylabel(metric_name)
+    ax.set_title(f"{metric_name} against the final prompt length")
+    if seeds:
         ax.legend(loc="best", fontsize=8)
     return _save(fig, path)

@@ -2,7 +2,8 @@
 
     DIR/report/report.md      tables (per-config statistics, comparisons against the baseline config, where the
                               seed variance comes from (ptray.analysis.variance), failures)
-    DIR/report/*.png          per-seed strip plot, learning curves, expected max vs budget, std vs searched params
+    DIR/report/*.png          per-seed strip plot, learning curves, expected max vs budget, std vs searched params,
+                              the score against the final prompt length (where lengths differ)
     DIR/report/stats.json     every number in the tables, for scripts
 
 Every config's statistics are `ConfigResults.summary` (the numbers of the `ptray tune` table and of the MLflow parent
@@ -83,6 +84,9 @@ def write_report(directory: str | Path, baseline: str | None = None, log_mlflow:
         curves = {c.label: c.curves(key) for c in configs}
         if any(any(v.values()) for v in curves.values()):
             figures[name] = plots.learning_curves(curves, out / f"{name}.png", key)
+    lengths = _final_lengths(configs, m)
+    if len({x for pts in lengths.values() for x, _ in pts}) > 1:
+        figures["metric_vs_length"] = plots.metric_vs_length(lengths, out / "metric_vs_length.png", f"report {m}")
     for key, series in _std_series(exp, summaries).items():
         values = [p[0] for pts in series.values() for p in pts]
         logx = min(values) > 0 and max(values) / min(values) >= 10
@@ -214,6 +218,18 @@ def _std_series(exp: Experiment, summaries: dict) -> dict[str, dict[str | None, 
     return out
 
 
+def _final_lengths(configs: list[ConfigResults], m: str) -> dict[int, list[tuple[int, float]]]:
+    """Per seed, each config's (final prompt length, report metric) on it: where PBT evolves method.num_tokens, the
+    length a member ended with. Seeds without a recorded config (never filed) or without a length are left out, and
+    so are a population's best-member records (copies of a member's, `best_of` it); a failed seed's value is NaN."""
+    out: dict[int, list[tuple[int, float]]] = {}
+    for c in configs:
+        for s, value in zip(c.scored, c.metric(m)):
+            if s.prompt_length is not None and "best_of" not in s.raw:
+                out.setdefault(s.seed, []).append((s.prompt_length, float(value)))
+    return out
+
+
 def _landscapes(exp: Experiment) -> dict[str, list[dict]]:
     """Loss-landscape numbers (`ptray landscape`) found in the run folders, per config."""
     found: dict[str, list[dict]] = {}
@@ -316,6 +332,11 @@ def _markdown(exp: Experiment, base: ConfigResults, summaries, comparisons, figu
         if name in figures:
             lines += [f"## {title}", "", "Mean over seeds; the band spans the worst to the best seed.", "",
                       f"![{title}]({name}.png)", ""]
+    if "metric_vs_length" in figures:
+        lines += [f"## {m} against the final prompt length", "",
+                  "Each run's report score against the prompt length it ended with (PBT over method.num_tokens resizes "
+                  "a member's prompt as it evolves), one colour per seed.", "",
+                  "![metric vs prompt length](metric_vs_length.png)", ""]
     std_figs = [k for k in figures if k.startswith("std_vs_")]
     if std_figs:
         lines += ["## Seed sensitivity against searched parameters", ""]

@@ -110,6 +110,9 @@ class RandomStream:
             torch.cuda.set_rng_state(state[1], self.cuda)
 
 
+NO_BEST = {"score": -math.inf, "step": 0, "metrics": None, "state": None, "adapter": {}}
+
+
 class SeedRun:
     """Everything that makes one seed of a pack a seed: its model (prompt and head), data order, random stream,
     perturbation, history, best selection state, early stopping, reporter, adapter and result summary."""
@@ -121,7 +124,10 @@ class SeedRun:
         self.stream = RandomStream(cfg.source_seeds()["order"], device)  # training noise is the order seed's
         self.perturbation = build_perturbation(cfg, tokenizer, rank)
         self.history: list[dict] = []
-        self.best = {"score": -math.inf, "step": 0, "metrics": None, "state": None, "adapter": {}}
+        # Changes of the prompt length on restore (PBT over method.num_tokens, ptray.core.resize): {step, old, new,
+        # donor}. A checkpoint carries them with the history, so a member's list is its prompt's whole lineage.
+        self.resizes: list[dict] = []
+        self.best = dict(NO_BEST)
         self.patience = 0
         self.examples_seen = 0
         self.steps_done = 0
@@ -144,14 +150,24 @@ class SeedRun:
         if metrics is None:
             return False
         record["selection"] = metrics
-        if metrics[primary] > self.best["score"]:
-            self.best = {"score": metrics[primary], "step": step, "metrics": metrics, "state": self.trainable_state(),
-                         "adapter": self.trainable_state(export=True)}
-            self.patience = 0
-        else:
-            self.patience += 1
+        self.patience = 0 if self.keep_if_best(step, metrics, primary) else self.patience + 1
         limit = self.cfg.train.early_stopping_patience
         return bool(limit and self.patience >= limit)
+
+    def keep_if_best(self, step: int, metrics: dict, primary: str) -> bool:
+        """Keep the current state as the best selection state if `metrics` beat it; True when they do."""
+        if not metrics[primary] > self.best["score"]:  # (a NaN score is never the best)
+            return False
+        self.best = {"score": metrics[primary], "step": step, "metrics": metrics, "state": self.trainable_state(),
+                     "adapter": self.trainable_state(export=True)}
+        return True
+
+    def resized(self, step: int, old: int, new: int, donor) -> None:
+        """The prompt was restored at step `step` with `new` tokens from a checkpoint of `old` (taken over from the
+        member `donor`, if another's). The best selection state so far has the old shape, so it cannot be the one
+        reported: the best is chosen again among the evaluations at the new length."""
+        self.resizes.append({"step": step, "old": old, "new": new, "donor": donor})
+        self.best, self.patience = dict(NO_BEST), 0
 
     def restore_best(self) -> None:
         # Report on the best selection checkpoint, not the last step.
@@ -176,11 +192,12 @@ class SeedRun:
 
     def bookkeeping(self) -> dict:
         """What a checkpoint carries of this seed besides the engine's state (see train.resume)."""
-        return {"history": self.history, "best": self.best, "patience": self.patience,
+        return {"history": self.history, "resizes": self.resizes, "best": self.best, "patience": self.patience,
                 "examples_seen": self.examples_seen, "rng": self.stream.state}
 
     def restore(self, bookkeeping: dict) -> None:
         self.history, self.best = bookkeeping["history"], bookkeeping["best"]
+        self.resizes = bookkeeping.get("resizes", [])  # checkpoints from before resizes were recorded had none
         self.patience, self.examples_seen = bookkeeping["patience"], bookkeeping["examples_seen"]
         self.steps_done = self.history[-1]["step"] if self.history else 0
         if "rng" in bookkeeping:  # checkpoints from before seeds kept their own stream continue on the fresh one
@@ -190,6 +207,7 @@ class SeedRun:
         return {
             "selection_metrics": self.best["metrics"], "report_metrics": self.report_metrics,
             "best_step": self.best["step"], "steps": self.steps_done, "history": self.history,
+            "resizes": self.resizes,
             "throughput": {"train_examples_per_s": self.examples_seen / max(train_seconds, 1e-9)},
         }
 
@@ -260,6 +278,10 @@ class Loop:
                     self.training[i] = False
         bar.close()
         done = [i for i in range(len(self.seeds)) if i not in self.failed]
+        # A seed resized at its last step (a PBT exploit at the end) has no evaluation at its length: scored as it is.
+        unscored = [i for i in done if self.seeds[i].best["state"] is None]
+        for i, m in (self.evaluate("selection", unscored) if unscored else {}).items():
+            self.seeds[i].keep_if_best(step, m, self.p.task.primary_metric)
         for i in done:
             self.seeds[i].restore_best()
         report = self.evaluate("report", done) if done else {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 import time
 import traceback
 import warnings
@@ -27,6 +28,7 @@ from ptray.core.loop import Loop, Reporter, SeedRun
 from ptray.core.methods.base import BackboneInfo
 from ptray.core.model import PromptModel
 from ptray.core.packing import PackedModel, check_pack
+from ptray.core.resize import resize_checkpoint
 from ptray.core.tasks import Example, Task, build_task
 from ptray.layout import RESULT_FILE, write_json
 
@@ -44,6 +46,7 @@ class Prepared:
     device: torch.device
     # What the run should know but may go on with; result.json records them.
     warnings: list[str] = field(default_factory=list)
+    max_positions: int | None = None  # the model's position limit (None: relative positions)
 
 
 def prepare(cfg: ExperimentConfig) -> Prepared:
@@ -65,12 +68,9 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     hf_config = bb.load_hf_config(cfg.model)
     family = bb.detect_family(hf_config, cfg.model.family)
     limit = bb.max_positions(hf_config)
-    prompt_len = cfg.method.added_positions()
-    if limit is not None and prompt_len + t.max_seq_length > limit:
-        raise ConfigError(
-            f"method prompt length {prompt_len} + task.max_seq_length {t.max_seq_length} = {prompt_len + t.max_seq_length} "
-            f"exceeds the {limit} positions of model {cfg.model.name!r}; lower task.max_seq_length to {limit - prompt_len} or less"
-        )
+    problem = cfg.positions_problem(limit)
+    if problem:
+        raise ConfigError(problem)
     device = bb.resolve_device(cfg.model.device)
     if cfg.train.seed_pack > 1 and cfg.model.dropout and device.type != "cpu":
         raise ConfigError(f"train.seed_pack {cfg.train.seed_pack} with model.dropout on {device.type}: there a pack "
@@ -78,7 +78,7 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
                           f"the seeds' dropout would not be their own; set model.dropout=false or train.seed_pack=1")
     if cfg.model.dtype == "bf16":
         bb.check_bf16(device)
-    return Prepared(cfg, task, train, selection, report, family, device, cautions)
+    return Prepared(cfg, task, train, selection, report, family, device, cautions, limit)
 
 
 def resolved_at_load(cfg: ExperimentConfig, p: Prepared) -> dict[str, tuple[str, str]]:
@@ -120,19 +120,21 @@ def load_splits(cfg: ExperimentConfig, task: Task) -> tuple[list[Example], list[
 
 
 def train(cfg: ExperimentConfig, output_dir: str | Path | None = None, reporter: Reporter | None = None,
-          resume_dir: str | Path | None = None, progress: bool = True, prepared: Prepared | None = None) -> dict:
+          resume_dir: str | Path | None = None, progress: bool = True, prepared: Prepared | None = None,
+          donor=None) -> dict:
     """Train one seed. Returns (and writes to output_dir/result.json) the result, `status` ok or failed."""
-    return train_seeds([cfg], [output_dir], [reporter], resume_dir, progress, prepared)[0]
+    return train_seeds([cfg], [output_dir], [reporter], resume_dir, progress, prepared, donor)[0]
 
 
 def train_seeds(cfgs: list[ExperimentConfig], output_dirs: list[str | Path | None],
                 reporters: list[Reporter | None] | None = None, resume_dir: str | Path | None = None,
-                progress: bool = True, prepared: Prepared | None = None) -> list[dict]:
+                progress: bool = True, prepared: Prepared | None = None, donor=None) -> list[dict]:
     """Train the seeds of one config together (`cfgs` equal but for train.seed; ConfigError otherwise, before any
     weights load). Returns one result per seed, in order, each also written to its output dir's result.json (a pack of
     several also records `seed_pack`: the seeds trained together). reporters[i] hears seed i's evaluations; its
     `save(dir)` checkpoints the whole pack, which `resume_dir` restores. A seed that diverges fails alone; a crash
-    fails every seed still training, with the reason and traceback."""
+    fails every seed still training, with the reason and traceback. `donor`: who the checkpoint in `resume_dir` came
+    from, when not from these seeds' own run (a PBT exploit); a resize to this config's prompt length records it."""
     check_pack(cfgs)
     k = len(cfgs)
     reporters = list(reporters) if reporters is not None else [None] * k
@@ -150,7 +152,7 @@ def train_seeds(cfgs: list[ExperimentConfig], output_dirs: list[str | Path | Non
     try:
         loop = build_loop(cfgs, p, outs, reporters, progress)
         t_load = time.perf_counter()
-        loop.run(resume(loop.engine, resume_dir, loop) if resume_dir is not None else 0)
+        loop.run(resume(loop.engine, resume_dir, loop, donor) if resume_dir is not None else 0)
         failed = loop.failed
         for i, (result, seed) in enumerate(zip(results, loop.seeds)):
             result["trainable_params"] = sum(x.numel() for x in seed.trainable_params())
@@ -236,12 +238,17 @@ def total_steps(cfg: ExperimentConfig, n_train: int, world: int) -> int:
     return cfg.train.max_steps or math.ceil(cfg.train.epochs * math.ceil(n_train / per_step))
 
 
-def resume(engine, resume_dir: str | Path, loop: Loop | None = None) -> int:
+def resume(engine, resume_dir: str | Path, loop: Loop | None = None, donor=None) -> int:
     """Restore a checkpoint written by a reporter's `save`; returns the step it was taken at. With `loop`, its
-    bookkeeping too (history, best selection state), so a resumed run reports as an unbroken one would."""
-    # The learning-rate schedule comes from this config, not the checkpoint: a PBT exploit resumes another
-    # member's state with its own hyperparameters.
-    _, client = engine.load_checkpoint(str(resume_dir), load_module_strict=False, load_lr_scheduler_states=False)
+    bookkeeping too (history, best selection state), so a resumed run reports as an unbroken one would. A checkpoint
+    whose prompts have another length than this config's method.num_tokens is resized (ptray.core.resize), and the
+    seed records it, with `donor` (who the checkpoint came from, if another member: PBT)."""
+    with tempfile.TemporaryDirectory(prefix="ptray-resized-") as resized_dir:
+        resized = resize_checkpoint(engine, resume_dir, resized_dir)
+        # The learning-rate schedule comes from this config, not the checkpoint: a PBT exploit resumes another
+        # member's state with its own hyperparameters.
+        _, client = engine.load_checkpoint(resized_dir if resized else str(resume_dir), load_module_strict=False,
+                                           load_lr_scheduler_states=False)
     start_step = int((client or {}).get("step", 0))
     engine.lr_scheduler.last_epoch = start_step - 1
     with warnings.catch_warnings():
@@ -250,6 +257,9 @@ def resume(engine, resume_dir: str | Path, loop: Loop | None = None) -> int:
         engine.lr_scheduler.step()
     if loop is not None and client and "loop" in client:
         loop.restore(client["loop"])
+    if loop is not None:
+        for i, (old, new) in resized.items():
+            loop.seeds[i].resized(start_step, old, new, donor)
     return start_step
 
 

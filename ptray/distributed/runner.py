@@ -65,7 +65,7 @@ def _run(exp_dir: Path, config, overrides: list[str], address, resume, verbose: 
 
     cfg = _absolute_paths(cfg)
     prepared = prepare(cfg)
-    plan = SearchPlan(cfg, prepared.task.primary_metric)
+    plan = SearchPlan(cfg, prepared.task.primary_metric, prepared.max_positions)
     storage = plan.tune.storage_path or str((exp_dir / RAY_DIR).resolve())
     if resume is not None:
         repair_results(exp_dir, storage)

@@ -31,6 +31,9 @@ from ptray.layout import config_id, label, lookup, with_values
 
 PBT_MEMBER = "pbt.member"  # identity of a population slot (not a config key)
 EVOLVING = ("pbt", "pb2")
+# The one integer knob PBT evolves: a member that takes over another's checkpoint resizes its prompt to its own
+# explored length (ptray.core.resize).
+PROMPT_LENGTH = "method.num_tokens"
 # Initial draws (random configs, PBT populations) come from a fixed stream: the same YAML gives the same configs,
 # and every seed's population starts from the same members.
 SAMPLING_SEED = 0
@@ -63,6 +66,7 @@ class SearchPlan:
 
     cfg: ExperimentConfig  # the base config (its `tune` section included)
     primary_metric: str
+    max_positions: int | None = None  # the model's position limit, which every searched value must fit
 
     def __post_init__(self):
         self.tune: TuneConfig = self.cfg.tune or TuneConfig()
@@ -93,12 +97,16 @@ class SearchPlan:
             except KeyError as e:
                 raise ConfigError(f"tune.search: {e.args[0]}; search keys are dotted config keys like "
                                   "train.lr") from None
-            for value in next(iter(entry.values())):
+            for value in next(iter(entry.values())):  # a range's bounds, a list's every value
                 try:
-                    config_from_dict(with_values(self.base, {key: value}), f"tune.search {key}={value!r}")
+                    cfg = config_from_dict(with_values(self.base, {key: value}), f"tune.search {key}={value!r}")
                 except ConfigError as e:
                     raise ConfigError(f"tune.search: the value {value!r} of {key} makes an invalid "
                                       f"config:\n{e}") from None
+                problem = cfg.positions_problem(self.max_positions)
+                if problem:
+                    raise ConfigError(f"tune.search: the value {value!r} of {key} does not fit the model: {problem}, "
+                                      f"or bound {key} lower")
         if self.tune.baseline is not None:
             config_from_dict(with_values(self.base, self.tune.baseline), "tune.baseline")
             if self.tune.resolved_searcher() == "grid" and self.tune.baseline not in self.search_configs():
@@ -112,16 +120,49 @@ class SearchPlan:
         for key in self.sampled_keys:
             kind = next(iter(self.tune.search[key]))
             current = lookup(self.base, key)
+            if key == PROMPT_LENGTH:
+                self._check_resizable(kind)
+                continue
             if not isinstance(current, float):
                 raise ConfigError(
                     f"tune.search: scheduler {name} cannot evolve {key} (a {type(current).__name__}, not a continuous "
-                    "knob): a population must keep what it trains fixed (a prompt length changes the prompt's shape). "
-                    f"Give {key} as a list: each value then gets its own populations.")
+                    f"knob): a population must keep what it trains fixed ({PROMPT_LENGTH} is the one integer pbt "
+                    f"evolves). Give {key} as a list: each value then gets its own populations.")
             if name == "pb2" and kind not in ("uniform", "loguniform"):
                 raise ConfigError(f"tune.search: pb2 evolves continuous ranges only; give {key} as uniform or "
                                   f"loguniform [low, high], or as a list (a grid), not {kind}")
             if name == "pbt" and kind == "randint":
                 raise ConfigError(f"tune.search: {key} is a float; give it as uniform, loguniform or choice for pbt")
+
+    def _check_resizable(self, kind: str) -> None:
+        """PBT over the prompt length: a member restores another's checkpoint at its own length, which ptray.core.resize
+        does for methods that say they can, in a stage-0 checkpoint of AdamW moments, in one process."""
+        key = PROMPT_LENGTH
+        if self.scheduler_name == "pb2":
+            raise ConfigError(f"tune.search: pb2 cannot evolve {key}: its Gaussian-process model searches a continuous "
+                              f"box and would truncate a length to an integer; evolve {key} with scheduler pbt "
+                              f"({{randint: [low, high]}} or {{choice: [...]}}), or give it as a list (a grid) under pb2")
+        if kind not in ("randint", "choice"):
+            raise ConfigError(f"tune.search: pbt evolves {key} as an integer; give it as randint [low, high] or choice "
+                              f"[...], not {kind}")
+        for cell in self.grid_cells():
+            cfg = config_from_dict(with_values(self.base, cell), "tune.search")
+            reason = cfg.method.unresizable()
+            if reason:
+                raise ConfigError(f"tune.search: pbt cannot evolve {key} of method {cfg.method.name}: {reason}")
+            if cfg.train.zero_stage != 0:
+                raise ConfigError(f"tune.search: pbt over {key} resizes a prompt and its optimizer moments in "
+                                  f"checkpoints of ZeRO stage 0 only; train.zero_stage {cfg.train.zero_stage} keeps the "
+                                  f"optimizer state in flattened partitions: set train.zero_stage=0, or give {key} as a "
+                                  f"list (a grid)")
+            if cfg.train.optimizer != "adamw":
+                raise ConfigError(f"tune.search: pbt over {key} resizes per-element optimizer moments; train.optimizer "
+                                  f"{cfg.train.optimizer} keeps factored ones (a row and a column statistic) that cannot "
+                                  f"be cut per token: set train.optimizer=adamw, or give {key} as a list (a grid)")
+        if self.tune.resources.workers > 1:
+            raise ConfigError(f"tune.search: pbt over {key} resizes the checkpoint of a trial that trains in one "
+                              f"process; tune.resources.workers {self.tune.resources.workers} needs {key} as a list "
+                              f"(a grid), or set tune.resources.workers=1")
 
     def _check_packing(self) -> None:
         k = self.cfg.train.seed_pack
@@ -200,6 +241,15 @@ class SearchPlan:
         inner = OptunaSearch(space=space, metric=self.metric, mode="max", seed=SAMPLING_SEED)
         return SeedRepeater(inner, self.seeds), self.tune.num_samples * len(self.seeds)
 
+    def _mutation(self, key: str):
+        """How PBT explores a knob: a domain it resamples from or scales (0.8 or 1.2), or for the prompt length's
+        choice its list, where it moves to a neighbouring value (or resamples one): a length stays one of the
+        choices."""
+        entry = self.tune.search[key]
+        if key == PROMPT_LENGTH and "choice" in entry:
+            return list(entry["choice"])
+        return domain(entry)
+
     def scheduler(self):
         """The Tune scheduler (None: run every trial to the end). Time is the training step."""
         s, every = self.tune.scheduler, self.cfg.train.eval_every
@@ -213,13 +263,21 @@ class SearchPlan:
 
         interval = s.resolved_interval(every)
         if s.name == "pbt":
-            mutations = {k: domain(self.tune.search[k]) for k in self.sampled_keys}
+            mutations = {k: self._mutation(k) for k in self.sampled_keys}
+            # Ray's PBT perturbs a randint knob by a factor (0.8 or 1.2) and rounds it, whatever its range.
+            bounds = {k: e["randint"] for k, e in self.tune.search.items() if k in mutations and "randint" in e}
             return SeedPBT(time_attr="step", metric=self.metric, mode="max", perturbation_interval=interval,
                            hyperparam_mutations=mutations, quantile_fraction=s.quantile_fraction,
-                           resample_probability=s.resample_probability, synch=s.synch)
+                           resample_probability=s.resample_probability, synch=s.synch,
+                           custom_explore_fn=partial(_within_bounds, bounds) if bounds else None)
         bounds = {k: next(iter(self.tune.search[k].values())) for k in self.sampled_keys}
         return SeedPB2(time_attr="step", metric=self.metric, mode="max", perturbation_interval=interval,
                        hyperparam_bounds=bounds, quantile_fraction=s.quantile_fraction, synch=s.synch)
+
+
+def _within_bounds(bounds: dict[str, list[int]], config: dict[str, Any]) -> dict[str, Any]:
+    """An explored config with its integer knobs brought back into their [low, high] (as Python ints)."""
+    return {**config, **{k: int(min(max(config[k], low), high)) for k, (low, high) in bounds.items()}}
 
 
 def _member_value(by_id: dict[str, dict[str, Any]], key: str, config) -> Any:

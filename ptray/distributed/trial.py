@@ -4,7 +4,8 @@
                    workers > 1: a Ray Train TorchTrainer (named after the trial) whose workers run the same `train`
                    inside DeepSpeed; their reports come back to this trial through a queue and go on to Tune.
     every evaluation   -> tune.report(config_id, seed, step, loss, selection/<m>) + a Tune checkpoint (DeepSpeed state:
-                          what PBT exploits, what a retry or `--resume` restarts from)
+                          what PBT exploits, what a retry or `--resume` restarts from; owner.json says whose it is, so a
+                          member that resizes another's prompt to its own length records the donor)
     the end            -> a last report (done_ptray, status, reason, report/<m>) whose checkpoint holds the core's
                           result.json and adapter, in seed<N>/
     train.seed_pack K  -> the trial trains its K seeds together (ptray.core.train.train_seeds); each seed reports as
@@ -37,6 +38,7 @@ from ptray.config import ExperimentConfig, config_from_dict
 from ptray.layout import (ADAPTER_FILE, EXPERIMENT_FILE, RESULT_FILE, read_experiment_json, run_dir, seed_dir,
                           with_values, write_json)
 
+OWNER_FILE = "owner.json"  # in a trial's checkpoint: the identity ({config_id, seed}) of the trial that saved it
 ALREADY_FILED = "already_filed"  # a trial's last report when its seeds' results were filed before it ran
 STOPPING_SCHEDULERS = ("asha",)  # the schedulers that end trials early (pruning); PBT / PB2 pause and restart theirs
 
@@ -134,6 +136,8 @@ class Reporter:
         self.checkpointed["step"] = metrics["step"]
         with tempfile.TemporaryDirectory(prefix="ptray-ckpt-") as d:
             save(Path(d))
+            # Whose state this is: a PBT member that restores it knows whether it took over another member's.
+            write_json(Path(d) / OWNER_FILE, self.ident)
             self.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
@@ -158,6 +162,15 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
             _train_with_workers(cfgs[0], identity(config), spec, checkpoint)
         else:
             _train_here(cfgs, config, resume)
+
+
+def donor_of(config: dict[str, Any], resume: str | None) -> str | None:
+    """The config_id of the member whose checkpoint this trial restores, when it is another's (a PBT exploit)."""
+    owner = Path(resume) / OWNER_FILE if resume is not None else None
+    if owner is None or not owner.is_file():
+        return None
+    donor = json.loads(owner.read_text())["config_id"]
+    return donor if donor != config["config_id"] else None
 
 
 @contextmanager
@@ -193,7 +206,7 @@ def _train_here(cfgs: list[ExperimentConfig], config: dict[str, Any], resume: st
         checkpointed: dict[str, int] = {}
         reporters = [Reporter({**identity(config), "seed": c.train.seed}, tune.report, checkpointed) for c in cfgs]
         results = train_seeds(cfgs, [Path(out) / seed_dir(c.train.seed) for c in cfgs], reporters, resume_dir=resume,
-                              progress=False)
+                              progress=False, donor=donor_of(config, resume))
         _report_final(config, results, [r.last_step for r in reporters], tune.Checkpoint.from_directory(out))
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from ptray import stats
 from ptray.layout import RUNS_DIR, owner, read_experiment_json, result_files, result_problem, seed_of_dir
 
+PROMPT_LENGTH = "prompt_length"  # the metric of a seed's prompt length over training
 MISSING_REASON = "no result.json: the trial crashed before training finished, or has not run yet"
 
 
@@ -71,8 +72,18 @@ class SeedResult:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    @property
+    def prompt_length(self) -> int | None:
+        """The prompt length the seed ended with: its config's method.num_tokens (None for a method without one)."""
+        return ((self.raw.get("config") or {}).get("method") or {}).get("num_tokens")
+
     def curve(self, key: str) -> list[tuple[float, float]]:
-        """(step, value) points of `loss` or of a selection metric `selection/<name>` over training."""
+        """(step, value) points of `loss`, of a selection metric `selection/<name>`, or of `prompt_length` (its start
+        at step 0, then each resize: PBT over method.num_tokens) over training."""
+        if key == PROMPT_LENGTH:
+            resizes = self.raw.get("resizes") or []
+            start = resizes[0]["old"] if resizes else self.prompt_length
+            return [] if start is None else [(0, start), *((r["step"], r["new"]) for r in resizes)]
         if key == "loss":
             return [(h["step"], _num(h.get("loss"))) for h in self.history]
         name = key.removeprefix("selection/")

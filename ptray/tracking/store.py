@@ -5,7 +5,8 @@
                                   of the tune table and the report: report/<m>/<stat> over every finished seed,
                                   report/<m>/<stat>_nondegenerate over those above the majority class, and the counts
         child run per seed        tag mlflow.parentRunId; params + train.seed; per-step loss/selection metrics, logged
-                                  as the seed reports them; final report/selection metrics; status FAILED with
+                                  as the seed reports them; prompt_length at step 0 and at each resize (PBT over
+                                  method.num_tokens); final report/selection metrics; status FAILED with
                                   ptray.failure_reason on failure; ptray.at_majority
 
 One writer: `Tracker` is used from one process only, the Ray Tune driver (through
@@ -28,7 +29,8 @@ from typing import Any
 from ptray import stats
 from ptray.layout import (ADAPTER_FILE, ARTIFACTS_DIR, DB_FILE, flatten, read_experiment_json, redact,
                           without_redacted)
-from ptray.tracking.results import ConfigResults, Experiment, SeedResult, load_config_seeds, load_experiment
+from ptray.tracking.results import (PROMPT_LENGTH, ConfigResults, Experiment, SeedResult, load_config_seeds,
+                                    load_experiment)
 
 EXPERIMENT_KIND = "mlflow.experimentKind"
 # MLflow refuses longer tag values (8000 in MLflow 3); a traceback's head says enough.
@@ -227,7 +229,9 @@ class Tracker:
         # Per-step history from result.json: only the steps the live callback did not already log.
         points = []
         selection = dict.fromkeys(k for h in result.history for k in h.get("selection") or {})
-        for key in ["loss", *(f"selection/{m}" for m in selection)]:
+        # The prompt length at the start and at each change, so the UI shows every seed's length over time.
+        length = [PROMPT_LENGTH] if result.prompt_length is not None else []
+        for key in ["loss", *(f"selection/{m}" for m in selection), *length]:
             have = {m.step for m in self.client.get_metric_history(run_id, key)}
             points += [Metric(key, v, now, int(s)) for s, v in result.curve(key) if int(s) not in have]
         finals = {f"report/{k}": v for k, v in result.report.items()}

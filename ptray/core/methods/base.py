@@ -48,6 +48,11 @@ class PromptMethod(nn.Module):
     def on_step(self, step: int) -> None:
         """Called by the training loop after optimizer step `step`, for schedules the method keeps (e.g. a temperature)."""
 
+    def token_rows(self) -> list[str]:
+        """The parameters whose first dimension is the prompt's tokens: what a resize to another num_tokens cuts or
+        extends (ptray.core.resize). Only methods whose config's `unresizable` is None have any."""
+        return []
+
     def export_state(self) -> dict[str, torch.Tensor]:
         """What is saved as the trained adapter: by default every trainable tensor of the method."""
         return {k: v.detach().clone() for k, v in self.named_parameters() if v.requires_grad}

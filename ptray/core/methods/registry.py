@@ -56,6 +56,13 @@ class MethodConfig(Strict):
         method's own (none of the built-in ones has one)."""
         return None
 
+    def unresizable(self) -> str | None:
+        """Why a checkpoint of this method cannot go on at another method.num_tokens (PBT over the prompt length,
+        ptray.core.resize), with the fix; None when it can. A method that can says which of its parameters hold one row
+        per prompt token (PromptMethod.token_rows)."""
+        return (f"method {self.name} has no prompt length that a checkpoint can be resized to; evolve other knobs, or "
+                f"give method.num_tokens as a list (a grid)")
+
     def build(self, info, generator):
         """The method's nn.Module (a ptray.core.methods.base.PromptMethod) on a backbone described by `info`,
         initialised from `generator`. Each method imports its model.py here: torch only when a model is built."""

@@ -24,6 +24,9 @@ class DeepConfig(MethodConfig):
     def prefix_tokens(self) -> int:
         return self.num_tokens
 
+    def unresizable(self) -> str | None:
+        return None  # every layer's prefix (or the projection's input vectors) has one row per token
+
     def build(self, info, generator):
         from ptray.core.methods.deep.model import DeepPrompt
 

@@ -56,6 +56,10 @@ class DeepPrompt(PromptMethod):
             self.prefix = nn.Parameter(torch.randn(n, width, generator=generator))
         self.dropout = nn.Dropout(config.dropout)
 
+    def token_rows(self) -> list[str]:
+        # A row holds one token's keys and values of every layer (or, projected, the vector they are made from).
+        return ["embedding" if self.config.projection else "prefix"]
+
     def prefixes(self) -> torch.Tensor:
         """All layers' prefixes [num_layers, 2, kv_heads, L, head_dim] (index 1: 0 keys, 1 values)."""
         flat = self.mlp(self.embedding) if self.config.projection else self.prefix

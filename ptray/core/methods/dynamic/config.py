@@ -43,6 +43,13 @@ class DynamicConfig(VanillaConfig):
             )
         return self
 
+    def unresizable(self) -> str | None:
+        # What the selector learned is a choice among num_tokens + 1 positions or lengths (or a pool of prompts of
+        # that length): at another length its outputs would mean other choices.
+        return ("method dynamic chooses among method.num_tokens + 1 positions or lengths, so what its selector "
+                "learned holds at one prompt length only; give method.num_tokens as a list (a grid: each length its "
+                "own populations)")
+
     def build(self, info, generator):
         from ptray.core.methods.dynamic.model import DynamicPrompt
 

@@ -28,6 +28,14 @@ class ResidualConfig(VanillaConfig):
     separate_mlps: bool = Field(False, description="One MLP per prompt token instead of one shared by all (the "
                                                    "paper's ablation).")
 
+    def unresizable(self) -> str | None:
+        # One shared MLP reads every token: a resize leaves it as it is. Per-token MLPs would have to be made or dropped.
+        if self.separate_mlps:
+            return ("method residual with separate_mlps has one MLP per prompt token, which a resize would have to "
+                    "create or drop; set method.separate_mlps=false (one MLP shared by all tokens) to evolve "
+                    "method.num_tokens")
+        return None
+
     def build(self, info, generator):
         from ptray.core.methods.residual.model import ResidualPrompt
 

@@ -30,6 +30,9 @@ class VanillaConfig(MethodConfig):
     def prompt_tokens(self) -> int:
         return self.num_tokens
 
+    def unresizable(self) -> str | None:
+        return None
+
     def build(self, info, generator):
         from ptray.core.methods.vanilla.model import VanillaPrompt
 

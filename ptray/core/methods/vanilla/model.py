@@ -17,6 +17,9 @@ class VanillaPrompt(PromptMethod):
         super().__init__(config, info)
         self.prompt = nn.Parameter(init_prompt(config.num_tokens, info, config.init, config.init_text, generator))
 
+    def token_rows(self) -> list[str]:
+        return ["prompt"]
+
     def forward(self, inputs_embeds, attention_mask, batch) -> Prompted:
         prompt = self.prompt.unsqueeze(0).expand(inputs_embeds.shape[0], -1, -1)
         return prepend(prompt, inputs_embeds, attention_mask)
