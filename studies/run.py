@@ -19,6 +19,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ptray.layout import flatten
+
 
 def run(folder: Path, tasks: list[str]) -> None:
     configs = [folder / f"{t}.yaml" for t in tasks] if tasks else sorted(folder.glob("*.yaml"))
@@ -46,6 +48,15 @@ def run(folder: Path, tasks: list[str]) -> None:
         (out / "report" / "timing.json").write_text(json.dumps(timing, indent=2))
 
 
+def short_labels(configs) -> dict[str, str]:
+    """{label: the same, naming only the dotted keys whose values differ between the configs}: a search over whole
+    sections (`method: [{...}, {...}]`) labels a config with the section's every key otherwise."""
+    flat = [flatten(c["overrides"]) for c in configs]
+    keys = [k for k in dict.fromkeys(k for f in flat for k in f) if len({repr(f.get(k)) for f in flat}) > 1]
+    return {c["label"]: ", ".join(f"{k}={f[k]}" for k in keys if k in f) or c["label"]
+            for c, f in zip(configs, flat)}
+
+
 def summary(folder: Path) -> str:
     lines = [f"# {folder.name}: results", "",
              f"Written by `python studies/run.py {folder}` from each experiment's `report/stats.json`; the full "
@@ -64,13 +75,17 @@ def summary(folder: Path) -> str:
             timing = json.loads(timing_file.read_text())
             took = f"{timing['seconds'] / 60:.1f} min" + (" (after a resume)" if timing.get("resumed") else "")
         m = s["primary_metric"]
+        short = short_labels(s["configs"].values())
         for c in s["configs"].values():
             h = c["summary"][m]
-            lines.append(f"| [{config.stem}]({config.stem}/report/report.md) | {c['label']} | {h['n_ok']} | "
+            lines.append(f"| [{config.stem}]({config.stem}/report/report.md) | {short[c['label']]} | {h['n_ok']} | "
                          f"{h['mean']:.4f} ± {h['std']:.4f} | {h['min']:.4f} | "
                          f"{int(h['n_at_majority'])}/{h['n_seeds']} | {took} |")
             if c["comparison"]:
-                sentences.append(f"- **{config.stem}**: {c['comparison']['sentence']}")
+                sentence = c["comparison"]["sentence"]
+                for long, brief in short.items():
+                    sentence = sentence.replace(long, brief)
+                sentences.append(f"- **{config.stem}**: {sentence}")
     return "\n".join(lines + ["", *sentences, ""])
 
 
