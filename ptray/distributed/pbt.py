@@ -14,6 +14,14 @@ IDENTITY = ("config_id", "seed", "overrides", "label")
 
 
 class _KeepsIdentity:
+    def on_trial_result(self, tune_controller, trial, result):
+        # A trial's last report (done_ptray) ends it. Exploiting there restarts the member from the donor's checkpoint
+        # at the last step, which reports its end again at the same step: a second wave of a population (more members
+        # than cores) was exploited and restarted at the end over and over.
+        if result.get("done_ptray"):
+            return self.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
     def _get_new_config(self, trial, trial_to_clone):
         config, operations = super()._get_new_config(trial, trial_to_clone)
         return {**config, **{k: trial.config[k] for k in IDENTITY}}, operations
