@@ -29,23 +29,28 @@ def run(folder: Path, tasks: list[str]) -> None:
         raise SystemExit(f"no experiment YAML {', '.join(missing)}; the tasks of {folder} are "
                          f"{', '.join(c.stem for c in sorted(folder.glob('*.yaml')))}")
     for config in configs:
-        out = folder / config.stem
-        if (out / "report" / "stats.json").is_file():
-            continue
-        t0 = time.perf_counter()
-        # --trust: the Tune state a resume loads is the one this script's own earlier run wrote.
-        resumed = (out / "experiment.json").is_file()
-        args = ["tune", "--resume", str(out), "--trust"] if resumed else ["tune", str(config), "--output", str(out)]
-        subprocess.run([sys.executable, "-m", "ptray.cli", *args], check=True)
-        subprocess.run([sys.executable, "-m", "ptray.cli", "report", str(out)], check=True)
-        took = time.perf_counter() - t0
-        # The load says how far the time is from an idle machine's (this machine is shared).
-        # A resumed run's time leaves out what the interrupted run had done.
-        timing = {"seconds": round(took), "resumed": resumed,
-                  "finished": datetime.now(timezone.utc).isoformat(timespec="minutes"),
-                  "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                  "load_average_at_end": round(os.getloadavg()[0], 1)}
-        (out / "report" / "timing.json").write_text(json.dumps(timing, indent=2))
+        run_one(config, folder / config.stem)
+
+
+def run_one(config: Path, out: Path) -> None:
+    """`ptray tune` CONFIG into OUT (resumed if an earlier run was interrupted), `ptray report`, and timing.json;
+    nothing when OUT already has its report."""
+    if (out / "report" / "stats.json").is_file():
+        return
+    t0 = time.perf_counter()
+    # --trust: the Tune state a resume loads is the one this script's own earlier run wrote.
+    resumed = (out / "experiment.json").is_file()
+    args = ["tune", "--resume", str(out), "--trust"] if resumed else ["tune", str(config), "--output", str(out)]
+    subprocess.run([sys.executable, "-m", "ptray.cli", *args], check=True)
+    subprocess.run([sys.executable, "-m", "ptray.cli", "report", str(out)], check=True)
+    took = time.perf_counter() - t0
+    # The load says how far the time is from an idle machine's (this machine is shared).
+    # A resumed run's time leaves out what the interrupted run had done.
+    timing = {"seconds": round(took), "resumed": resumed,
+              "finished": datetime.now(timezone.utc).isoformat(timespec="minutes"),
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+              "load_average_at_end": round(os.getloadavg()[0], 1)}
+    (out / "report" / "timing.json").write_text(json.dumps(timing, indent=2))
 
 
 def short_labels(configs) -> dict[str, str]:

@@ -308,3 +308,22 @@ def test_the_example_experiment_is_a_valid_pbt_over_length():
     assert path.read_text().startswith("#")
     plan = SearchPlan(load_config(path), "accuracy", 512)
     assert plan.evolving and "method.num_tokens" in plan.scheduler()._hyperparam_mutations
+
+
+def test_the_grid_it_is_compared_with_spends_the_same_compute():
+    """studies/pbt_length compares the example with experiments/sentence/grid_length.yaml at equal member-steps: the
+    same task, data sample, model, schedule and seeds, and as many grid lengths as PBT members."""
+    from conftest import REPO
+    from ptray.config import load_config
+    from ptray.distributed.search import SearchPlan
+
+    pbt = load_config(REPO / "experiments" / "sentence" / "pbt_length.yaml")
+    grid = load_config(REPO / "experiments" / "sentence" / "grid_length.yaml")
+    for section in ("task", "model"):
+        assert getattr(pbt, section) == getattr(grid, section), section
+    assert (pbt.train.max_steps, pbt.train.batch_size, pbt.train.eval_every, pbt.train.seed_pack) == \
+           (grid.train.max_steps, grid.train.batch_size, grid.train.eval_every, grid.train.seed_pack)
+    plan = SearchPlan(grid, "accuracy", 512)
+    assert not plan.evolving and grid.tune.seeds == pbt.tune.seeds
+    lengths = sorted(c["overrides"]["method.num_tokens"] for c in plan.search_trials() if c["seed"] == 0)
+    assert len(lengths) == pbt.tune.num_samples and lengths[0] >= 4 and lengths[-1] <= 32
