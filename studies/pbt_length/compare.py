@@ -120,9 +120,10 @@ def summary() -> str:
 
     def spread(xs: list[float]) -> str:
         ok = [x for x in xs if math.isfinite(x)]
-        mean = sum(ok) / len(ok) if ok else math.nan
         failed = len(xs) - len(ok)
-        return (f"mean {mean:.4f}, best seed {max(ok):.4f}, worst seed {min(ok):.4f}"
+        if not ok:  # every pick failed: say so rather than average nothing
+            return f"no seed has a score ({failed} failed)"
+        return (f"mean {sum(ok) / len(ok):.4f}, best seed {max(ok):.4f}, worst seed {min(ok):.4f}"
                 + (f", {failed} seed(s) without a score" if failed else ""))
 
     took = {name: f"{t['seconds'] / 60:.1f} min (load {t['load_average_at_end']} at the end"
