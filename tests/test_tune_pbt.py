@@ -1,6 +1,7 @@
 """PBT with one population per seed: an exploit really happens (a member restarts from another member's Tune
 checkpoint, with explored hyperparameters), and no seed is ever copied: every member keeps its own seed."""
 import json
+import os
 import re
 
 import pytest
@@ -63,3 +64,41 @@ def test_pbt_exploits_within_each_seeds_population(data_dir, tmp_path):
         assert chosen["selection_metrics"]["accuracy"] == max(found[c, seed]["selection_metrics"]["accuracy"]
                                                               for c in members)
     assert "pbt.member=best" in p.stdout
+
+
+@pytest.mark.slow
+def test_a_population_larger_than_the_machine_perturbs_in_lockstep(data_dir, tmp_path):
+    # 4 members, room for 2 at once (half the machine's CPUs each). Every member must be a trial from the start and
+    # wait at each boundary (steps 2 and 4) until all four have reached it; capped at 2 trials, the first two trained
+    # to the end and perturbed among themselves before the other two existed. The evaluation at the last step (6)
+    # is no perturbation: a member exploited there would end on the donor's state without a step of its own.
+    cpus = (os.cpu_count() or 2) / 2
+    tune = {"seeds": [0], "num_samples": 4, "resources": {"workers": 1, "cpus_per_worker": cpus},
+            "search": {"method.num_tokens": {"randint": [2, 24]}, "train.lr": {"loguniform": [0.01, 0.3]}},
+            "scheduler": {"name": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.25,
+                          "resample_probability": 0.0, "synch": True}}
+    config = write_config(tmp_path / "pbt.yaml", data_dir, tune, train={"max_steps": 6, "eval_every": 2},
+                          task={"max_seq_length": 64, "max_eval_examples": 16})
+    out = tmp_path / "exp"
+    p = run_ptray("tune", config, "--output", out, timeout=1500)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+
+    members = [config_id({"pbt.member": k}) for k in range(4)]
+    found = {cid: r for (cid, _), r in results(out).items() if cid in members}
+    assert set(found) == set(members) and all(r["status"] == "ok" for r in found.values())
+    # When each member first reported each step (Tune's own log of the trial's results, one folder per member).
+    first: dict[str, dict[int, int]] = {}
+    for trial_dir in (out / "ray" / "pbt-seed0").iterdir():
+        if trial_dir.is_dir():
+            reports = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+            first[trial_dir.name[:12]] = {r["step"]: r["timestamp"] for r in reversed(reports)}
+    assert set(first) == set(members)
+    for boundary in (2, 4):
+        reached = max(f[boundary] for f in first.values())
+        assert reached <= min(f[boundary + 2] for f in first.values()), \
+            f"a member went past step {boundary} before every member had reached it: {first}"
+    # One exploit per boundary (quantile 0.25 of 4: one member takes over one other's state), none at the end.
+    exploits = (out / "ray" / "pbt-seed0" / "pbt_global.txt").read_text().splitlines()
+    assert len(exploits) == 2, exploits
+    assert all(r["step"] in (2, 4) for f in found.values() for r in f["resizes"])
+    assert all([h["step"] for h in r["history"]] == list(range(1, 7)) for r in found.values())

@@ -127,6 +127,24 @@ def test_pbt_keeps_a_members_identity_when_it_exploits_another():
     assert config["train.lr"] == 0.05
 
 
+def test_pbt_does_not_perturb_at_a_members_last_evaluation():
+    from ray.tune.schedulers import TrialScheduler
+
+    from ptray.distributed.pbt import SeedPBT
+
+    class Trial:
+        config = {"config_id": "a", "train.lr": 0.01}
+
+    pbt = SeedPBT(time_attr="step", metric="m", mode="max", perturbation_interval=2,
+                  hyperparam_mutations={"train.lr": [0.05]}, total_steps=lambda config: 6)
+    trial = Trial()
+    # At the last step (a boundary: 6 = 3 x 2) the member goes on to its end, and PBT records nothing of it (had it
+    # gone on to Ray's PBT, the trial, never added, would have no state there: a KeyError).
+    assert pbt.on_trial_result(None, trial, {"step": 6, "m": 0.5}) == TrialScheduler.CONTINUE
+    with pytest.raises(KeyError):
+        pbt.on_trial_result(None, trial, {"step": 4, "m": 0.5})
+
+
 def test_ranking_uses_selection_and_counts_failures_as_zero():
     assert selection_score({"status": "ok", "selection_metrics": {"accuracy": 0.7}}, "accuracy") == 0.7
     assert selection_score({"status": "failed", "selection_metrics": {"accuracy": 0.9}}, "accuracy") == 0.0
@@ -168,6 +186,8 @@ def test_bad_tune_sections_name_the_key(data_dir, tune, needles):
          ["pbt needs something to evolve"]),
         ({"scheduler": "pb2", "num_samples": 2, "search": {"train.lr": {"choice": [0.01, 0.1]}}},
          ["pb2 evolves continuous ranges only", "train.lr"]),
+        ({"scheduler": "pbt", "num_samples": 4, "max_concurrent": 2, "search": {"train.lr": {"loguniform": [0.01, 0.3]}}},
+         ["tune.max_concurrent 2", "population (tune.num_samples 4)", "Unset tune.max_concurrent"]),
         ({"search": {"train.learning_rate": [0.01]}}, ["train.learning_rate is not a key", "train has no"]),
         ({"search": {"method.num_tokens": [4, -1]}}, ["-1", "method.num_tokens", "invalid config"]),
         ({"search": {"method.num_tokens": [4, 8]}, "baseline": {"method.num_tokens": 5}}, ["baseline", "grid"]),

@@ -14,11 +14,19 @@ IDENTITY = ("config_id", "seed", "overrides", "label")
 
 
 class _KeepsIdentity:
+    def __init__(self, *args, total_steps=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.total_steps = total_steps  # a trial's config -> its training steps (None: not known)
+
     def on_trial_result(self, tune_controller, trial, result):
         # A trial's last report (done_ptray) ends it. Exploiting there restarts the member from the donor's checkpoint
         # at the last step, which reports its end again at the same step: a second wave of a population (more members
         # than cores) was exploited and restarted at the end over and over.
         if result.get("done_ptray"):
+            return self.CONTINUE
+        # Nor is the evaluation at the last step a perturbation: a member exploited there would take the donor's final
+        # state and end without a step at its explored values (a resized prompt's new tokens never trained).
+        if self.total_steps is not None and result.get(self._time_attr, 0) >= self.total_steps(trial.config):
             return self.CONTINUE
         return super().on_trial_result(tune_controller, trial, result)
 

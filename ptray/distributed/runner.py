@@ -518,7 +518,8 @@ class _Runner:
             for seed in self.plan.seeds:
                 members = self.plan.population(cell, seed)
                 name = f"pbt-seed{seed}" + (f"-{config_id(cell)}" if cell else "")
-                finished = self._tune(name, None, len(members), self.plan.scheduler(), self.dir,
+                scheduler = self.plan.scheduler(partial(_total_steps, self.spec, self.n_train))
+                finished = self._tune(name, None, len(members), scheduler, self.dir,
                                       param_space=self.plan.population_space(members))
                 if not finished:
                     return False
@@ -605,6 +606,15 @@ class _Runner:
                       "primary_metric": self.plan.primary_metric, "report_metrics": {}, **ident}
         write_json(run_dir(self.dir, ident["config_id"], seed) / RESULT_FILE, record)
 
+    def _concurrency(self, scheduler) -> int | None:
+        """Tune's max_concurrent_trials. A PBT / PB2 population is every member at once (None): members take turns
+        on the resources, pausing at each perturbation, so that all of them reach it before anyone is exploited.
+        Capped at what fits, Tune would only make the first members trials: they would train to the end and perturb
+        among themselves, and the rest would follow as a second population."""
+        from ray.tune.schedulers import PopulationBasedTraining  # PB2 is one too
+
+        return None if isinstance(scheduler, PopulationBasedTraining) else self.at_once
+
     def _tune(self, name: str, searcher, count: int, scheduler, exp_dir: Path, param_space=None) -> bool:
         """One Tuner (restored if an earlier run of it was interrupted) of `count` trials: drawn from `searcher`, or
         the grid of `param_space`. True when all its trials ended."""
@@ -629,7 +639,8 @@ class _Runner:
                 # The searcher and scheduler carry the metric (selection/<primary>) themselves.
                 tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                             num_samples=1 if param_space else count,
-                                            max_concurrent_trials=self.at_once, trial_dirname_creator=_trial_dirname),
+                                            max_concurrent_trials=self._concurrency(scheduler),
+                                            trial_dirname_creator=_trial_dirname),
                 run_config=tune.RunConfig(
                     name=name, storage_path=self.storage, callbacks=callbacks, verbose=0 if self.console else 1,
                     failure_config=tune.FailureConfig(max_failures=self.plan.tune.max_failures),

@@ -117,6 +117,14 @@ class SearchPlan:
         if not self.sampled_keys:
             raise ConfigError(f"tune.scheduler {name} needs something to evolve: give continuous knobs as ranges, "
                               "e.g. tune.search: {train.lr: {loguniform: [0.001, 0.3]}}")
+        limit, population = self.tune.max_concurrent, self.tune.num_samples
+        if limit is not None and limit < population:
+            # Tune would make only `limit` members trials at a time: the first ones train to the end and perturb
+            # among themselves before the rest exist, so the population is never one.
+            raise ConfigError(f"tune.max_concurrent {limit} is smaller than the {name} population (tune.num_samples "
+                              f"{population}): every member must be a trial at once, taking turns on the resources "
+                              f"(members pause at each perturbation). Unset tune.max_concurrent or raise it to "
+                              f"{population}")
         for key in self.sampled_keys:
             kind = next(iter(self.tune.search[key]))
             current = lookup(self.base, key)
@@ -250,8 +258,9 @@ class SearchPlan:
             return list(entry["choice"])
         return domain(entry)
 
-    def scheduler(self):
-        """The Tune scheduler (None: run every trial to the end). Time is the training step."""
+    def scheduler(self, total_steps=None):
+        """The Tune scheduler (None: run every trial to the end). Time is the training step; `total_steps` (a trial's
+        config -> its training steps) keeps PBT / PB2 from perturbing at a member's last evaluation."""
         s, every = self.tune.scheduler, self.cfg.train.eval_every
         if s.name == "fifo":
             return None
@@ -269,10 +278,12 @@ class SearchPlan:
             return SeedPBT(time_attr="step", metric=self.metric, mode="max", perturbation_interval=interval,
                            hyperparam_mutations=mutations, quantile_fraction=s.quantile_fraction,
                            resample_probability=s.resample_probability, synch=s.synch,
-                           custom_explore_fn=partial(_within_bounds, bounds) if bounds else None)
+                           custom_explore_fn=partial(_within_bounds, bounds) if bounds else None,
+                           total_steps=total_steps)
         bounds = {k: next(iter(self.tune.search[k].values())) for k in self.sampled_keys}
         return SeedPB2(time_attr="step", metric=self.metric, mode="max", perturbation_interval=interval,
-                       hyperparam_bounds=bounds, quantile_fraction=s.quantile_fraction, synch=s.synch)
+                       hyperparam_bounds=bounds, quantile_fraction=s.quantile_fraction, synch=s.synch,
+                       total_steps=total_steps)
 
 
 def _within_bounds(bounds: dict[str, list[int]], config: dict[str, Any]) -> dict[str, Any]:
