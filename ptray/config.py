@@ -291,7 +291,9 @@ class TuneConfig(Strict):
     max_failures: int = Field(1, ge=0, description="Retries of a crashed trial before its seed is recorded as "
                                                    "failed.")
     max_concurrent: int | None = Field(None, ge=1, description="Most trials at once. Unset: as many as the cluster's "
-                                                               "resources hold.")
+                                                               "resources hold. PBT / PB2 run every member of a "
+                                                               "population at once (taking turns), so at least "
+                                                               "tune.num_samples.")
     storage_path: str | None = Field(None, description="Ray Tune storage: a folder, NFS or s3://... Unset: the "
                                                        "experiment folder's ray/.")
     keep_checkpoints: int = Field(4, ge=2, description="Checkpoints Ray Tune keeps per trial.")
