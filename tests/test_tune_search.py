@@ -208,7 +208,8 @@ def test_pbt_refuses_the_seed_even_as_a_range(data_dir):
 
 
 def test_experiment_configs_validate_as_searches():
-    for path in sorted((REPO / "experiments").glob("*.yaml")):
+    # Every shipped experiment, and every study's (studies/<claim>/<task>.yaml).
+    for path in sorted([*(REPO / "experiments").rglob("*.yaml"), *(REPO / "studies").glob("*/*.yaml")]):
         cfg = load_config(path)
         if cfg.tune is not None:
             plan = SearchPlan(cfg, "accuracy")

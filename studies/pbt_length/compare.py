@@ -24,6 +24,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ptray.config import load_config  # noqa: E402
 from ptray.distributed.search import PBT_MEMBER, selection_score  # noqa: E402
 from ptray.tracking.results import ConfigResults, load_experiment  # noqa: E402
 
@@ -76,6 +77,34 @@ def pick(configs: list[ConfigResults], seed: int, metric: str):
 def describe(s) -> str:
     cfg = s.raw.get("config") or {}
     return f"length {cfg['method']['num_tokens']}, lr {cfg['train']['lr']:.3g}"
+
+
+def setting() -> str:
+    """The two searches as their YAMLs define them (what the prose says is what ran)."""
+    grid, pbt = (load_config(EXPERIMENTS[name]) for name in ("grid", "pbt"))
+    lengths = grid.tune.search["method.num_tokens"]["grid"]
+    low, high = pbt.tune.search["method.num_tokens"]["randint"]
+    lr_low, lr_high = pbt.tune.search["train.lr"]["loguniform"]
+    interval, end = pbt.tune.scheduler.resolved_interval(pbt.train.eval_every), pbt.train.max_steps
+    steps = list(range(interval, end, interval))  # the last evaluation is no perturbation
+    return (f"per seed, the grid trains lengths {', '.join(map(str, lengths))} at lr {grid.train.lr:g} for "
+            f"{grid.train.max_steps} steps each; synchronous PBT trains a population of {pbt.tune.num_samples} members "
+            f"for {end} steps whose length ({low}..{high}) and lr ({lr_low:g}..{lr_high:g}) it perturbs at step"
+            f"{'s' if len(steps) > 1 else ''} {' and '.join(map(str, steps))}")
+
+
+def resize_lines(configs: list[ConfigResults], seeds: list[int]) -> list[str]:
+    """Every PBT member's changes of length, per seed: each is a member's lineage (taken over with a donor's
+    checkpoint), so a member exploited later carries its donor's earlier resizes instead of its own."""
+    lines = []
+    for seed in seeds:
+        runs = sorted((c.label.removeprefix(f"{PBT_MEMBER}="), s) for c in configs for s in c.seeds if s.seed == seed)
+        changed = [(member, s) for member, s in runs if s.raw.get("resizes")]
+        lines.append(f"- seed {seed}: {len(changed)} of {len(runs)} members' lineages changed length"
+                     + (": " + "; ".join(f"member {member} " + ", ".join(f"{r['old']} → {r['new']} at step {r['step']}"
+                                                                        for r in s.raw["resizes"])
+                                         for member, s in changed) if changed else ""))
+    return lines
 
 
 def summary() -> str:
@@ -133,10 +162,9 @@ def summary() -> str:
         f"Written by `python studies/pbt_length/compare.py` from the two experiments' result files "
         f"([grid report](grid/report/report.md), [PBT report](pbt/report/report.md)); nothing is typed by hand.", "",
         f"TREC 16-shot (6 classes; selection on a disjoint 16-per-class sample, report on the official 500-question "
-        f"test set), frozen MiniLM, vanilla prompt tuning, seeds {seeds}. Per seed, the grid trains lengths 4, 8, 16 "
-        f"and 32 at lr 0.1 ({budget['grid']} member-steps); synchronous PBT trains a population of 4 members "
-        f"({budget['pbt']} member-steps) whose length (4..32) and lr (0.01..0.3) it perturbs at steps 20 and 40. "
-        f"Each search's pick on a seed is its run with the best selection {m}; the report split never chooses.", "",
+        f"test set), frozen MiniLM, vanilla prompt tuning, seeds {seeds}: {setting()} ({budget['grid']} and "
+        f"{budget['pbt']} member-steps per seed). Each search's pick on a seed is its run with the best selection "
+        f"{m}; the report split never chooses.", "",
         f"Wall-clock on this 2-core machine: grid {took.get('grid', 'not timed')}, "
         f"PBT {took.get('pbt', 'not timed')}.", "",
         "## What each search picks, per seed", "",
@@ -145,6 +173,10 @@ def summary() -> str:
         f"- grid: {spread(finals['grid'])}",
         f"- PBT: {spread(finals['pbt'])}", "",
         f"With {len(seeds)} seeds this describes these seeds; it is no test of a difference.", "",
+        "## How PBT changed the lengths", "",
+        "Each member's recorded resizes (member: old → new length at a step). A resize comes with a donor's "
+        "checkpoint, so a member carries its donor's lineage.", "",
+        *resize_lines(pbt, seeds), "",
         "## Compute to reach the grid's best", "",
         "Member-steps until the population first matches the grid's best selection score on the same seed (the grid "
         "spends all of its member-steps before it knows which length is best; its column says when that score first "
