@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats as st
 
 from conftest import (check_mlflow_structure, check_png, free_port, mlflow_runs, ptray_cmd, read_result,
@@ -111,6 +112,10 @@ def test_log_experiment_structure_and_idempotence(experiment):
     assert missing.info.status == "FAILED" and "no result.json" in missing.data.tags["ptray.failure_reason"]
     ok = runs[(config_id(A), 1)]
     assert ok.info.status == "FINISHED" and ok.data.tags["ptray.trial_id"] == f"trial_{config_id(A)[:4]}_1"
+    # The environment the numbers depend on (the thread count orders a CPU's float sums), as the seed recorded it.
+    env = read_result(experiment, A, 1)["environment"]
+    assert {k: ok.data.tags[f"ptray.env.{k}"] for k in env} == {k: str(v) for k, v in env.items()}
+    assert ok.data.tags["ptray.env.threads"] == str(torch.get_num_threads())
     # Each source of seed variance's seed, resolved (none is set in the config, so each is train.seed; no k-shot sample).
     assert {k: v for k, v in ok.data.params.items() if k.startswith("seeds.")} == \
         {"seeds.sample": "null", "seeds.init": "1", "seeds.order": "1"}

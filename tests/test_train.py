@@ -51,6 +51,18 @@ def test_same_seed_reproduces_and_seeds_differ(data_dir):
     assert losses(a) != losses(c)
 
 
+def test_result_records_the_thread_count_the_numbers_depend_on(data_dir):
+    # On a CPU the thread count orders the float sums, so it is part of what makes a seed's numbers reproducible.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = run(data_dir, train={"seed": 3, "max_steps": 1})
+    finally:
+        torch.set_num_threads(threads)
+    env = one["environment"]
+    assert env["threads"] == 1 and env["torch"] == torch.__version__ and env["device"] == "cpu" and env["processor"]
+
+
 # Every method (each owns other trainable modules, and deep and dynamic read the backbone's weights in their own
 # forward), and the PTP regularizers whose inner passes bypass the engine (under ZeRO-3 they gather the sharded
 # weights through its module hooks). Default settings otherwise, dropout and Gumbel draws included.

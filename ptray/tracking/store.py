@@ -255,6 +255,8 @@ class Tracker:
             tags["ptray.failure_reason"] = _text(config.failure_reason(result), _MAX_TAG)
         if raw.get("warnings"):
             tags["ptray.warnings"] = _text("\n".join(raw["warnings"]), _MAX_TAG)
+        # What the seed's numbers depend on besides config and seeds (ptray.core.train.environment): searchable in the UI.
+        tags.update({f"ptray.env.{k}": str(v) for k, v in (raw.get("environment") or {}).items()})
         if raw.get("traceback"):
             tags["ptray.traceback"] = redact(raw["traceback"])[-_MAX_TAG:]  # the end of a traceback says what broke
         for k, v in tags.items():
