@@ -327,3 +327,20 @@ def test_the_grid_it_is_compared_with_spends_the_same_compute():
     assert not plan.evolving and grid.tune.seeds == pbt.tune.seeds
     lengths = sorted(c["overrides"]["method.num_tokens"] for c in plan.search_trials() if c["seed"] == 0)
     assert len(lengths) == pbt.tune.num_samples and lengths[0] >= 4 and lengths[-1] <= 32
+
+
+def test_the_fixed_lr_arm_differs_from_the_example_only_in_its_lr():
+    """studies/pbt_length/pbt_fixed_lr.yaml isolates the length: the example's population and schedule, evolving the
+    length alone at the grid's learning rate."""
+    from conftest import REPO
+    from ptray.config import load_config
+
+    pbt = load_config(REPO / "experiments" / "sentence" / "pbt_length.yaml")
+    grid = load_config(REPO / "experiments" / "sentence" / "grid_length.yaml")
+    fixed = load_config(REPO / "studies" / "pbt_length" / "pbt_fixed_lr.yaml")
+    for section in ("task", "model", "method"):
+        assert getattr(fixed, section) == getattr(pbt, section), section
+    assert fixed.train == pbt.train.model_copy(update={"lr": grid.train.lr})
+    assert fixed.tune.search == {"method.num_tokens": pbt.tune.search["method.num_tokens"]}
+    assert (fixed.tune.scheduler, fixed.tune.seeds, fixed.tune.num_samples) == \
+           (pbt.tune.scheduler, pbt.tune.seeds, pbt.tune.num_samples)

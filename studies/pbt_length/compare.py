@@ -3,11 +3,13 @@
     python studies/pbt_length/compare.py            # runs what has no report yet, then writes RESULTS.md + figure
     python studies/pbt_length/compare.py --summary  # only rewrites RESULTS.md from the folders on disk
 
-Runs experiments/sentence/pbt_length.yaml into studies/pbt_length/pbt/ and experiments/sentence/grid_length.yaml into
-studies/pbt_length/grid/ (through studies/run.py's runner: `ptray tune`, `ptray report`, timing.json), then compares,
-per seed, what each search picks by its selection score (never the report split) and how much compute each needs.
+Runs three searches through studies/run.py's runner (`ptray tune`, `ptray report`, timing.json), each into its own
+folder here: the grid over lengths at lr 0.1 (experiments/sentence/grid_length.yaml -> grid/), PBT over length and lr
+(experiments/sentence/pbt_length.yaml -> pbt/), and PBT over length alone at the grid's lr (pbt_fixed_lr.yaml ->
+pbt_fixed_lr/), which tells a gain of evolving the length from one of searching the lr. Then it compares, per seed,
+what each search picks by its selection score (never the report split) and how much compute each needs.
 
-Compute is counted in member-steps: PBT's population of 4 members and the grid's 4 lengths each train 60 steps per
+Compute is counted in member-steps: a PBT population of 4 members and the grid's 4 lengths each train 60 steps per
 seed, 240 member-steps. Synchronous PBT advances its members in lockstep, so at step t a population has spent 4t;
 the grid's curve is read the same way (its 4 configs in lockstep), though a grid only knows its best once it ends.
 """
@@ -31,7 +33,9 @@ from ptray.tracking.results import ConfigResults, load_experiment  # noqa: E402
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 EXPERIMENTS = {"grid": REPO / "experiments/sentence/grid_length.yaml",
-               "pbt": REPO / "experiments/sentence/pbt_length.yaml"}
+               "pbt": REPO / "experiments/sentence/pbt_length.yaml",
+               "pbt_fixed_lr": HERE / "pbt_fixed_lr.yaml"}
+NAMES = {"grid": "grid over lengths", "pbt": "PBT over length and lr", "pbt_fixed_lr": "PBT over length, lr fixed"}
 
 
 def run_missing() -> None:
@@ -80,17 +84,19 @@ def describe(s) -> str:
 
 
 def setting() -> str:
-    """The two searches as their YAMLs define them (what the prose says is what ran)."""
-    grid, pbt = (load_config(EXPERIMENTS[name]) for name in ("grid", "pbt"))
+    """The three searches as their YAMLs define them (what the prose says is what ran)."""
+    grid, pbt, fixed = (load_config(EXPERIMENTS[name]) for name in EXPERIMENTS)
     lengths = grid.tune.search["method.num_tokens"]["grid"]
     low, high = pbt.tune.search["method.num_tokens"]["randint"]
     lr_low, lr_high = pbt.tune.search["train.lr"]["loguniform"]
+    assert set(fixed.tune.search) == {"method.num_tokens"} and fixed.train.lr == grid.train.lr
     interval, end = pbt.tune.scheduler.resolved_interval(pbt.train.eval_every), pbt.train.max_steps
     steps = list(range(interval, end, interval))  # the last evaluation is no perturbation
     return (f"per seed, the grid trains lengths {', '.join(map(str, lengths))} at lr {grid.train.lr:g} for "
             f"{grid.train.max_steps} steps each; synchronous PBT trains a population of {pbt.tune.num_samples} members "
             f"for {end} steps whose length ({low}..{high}) and lr ({lr_low:g}..{lr_high:g}) it perturbs at step"
-            f"{'s' if len(steps) > 1 else ''} {' and '.join(map(str, steps))}")
+            f"{'s' if len(steps) > 1 else ''} {' and '.join(map(str, steps))}; a second PBT population evolves the "
+            f"length alone, at the grid's lr {fixed.train.lr:g}")
 
 
 def resize_lines(configs: list[ConfigResults], seeds: list[int]) -> list[str]:
@@ -108,36 +114,40 @@ def resize_lines(configs: list[ConfigResults], seeds: list[int]) -> list[str]:
 
 
 def summary() -> str:
-    m, grid, _ = members(HERE / "grid")
-    m_pbt, pbt, pbt_best = members(HERE / "pbt")
-    assert m == m_pbt, f"the two experiments rank by different metrics: {m} and {m_pbt}"
-    seeds = sorted({s.seed for c in grid for s in c.seeds})
+    found = {name: members(HERE / name) for name in EXPERIMENTS}
+    metrics = {m for m, _, _ in found.values()}
+    assert len(metrics) == 1, f"the searches rank by different metrics: {metrics}"
+    m = metrics.pop()
+    searches = {name: trained for name, (_, trained, _) in found.items()}
+    seeds = sorted({s.seed for c in searches["grid"] for s in c.seeds})
     budget = {name: len(cs) * max(s.raw.get("steps", 0) for c in cs for s in c.seeds if s.ok)
-              for name, cs in (("grid", grid), ("pbt", pbt))}
+              for name, cs in searches.items()}
     timing = {name: json.loads((HERE / name / "report/timing.json").read_text())
               for name in EXPERIMENTS if (HERE / name / "report/timing.json").is_file()}
 
-    rows, finals, reach = [], {"grid": [], "pbt": []}, []
+    rows, finals, reach = [], {name: [] for name in EXPERIMENTS}, []
     fig, axes = plt.subplots(1, len(seeds), figsize=(4 * len(seeds), 3.2), sharey=True, squeeze=False)
     for ax, seed in zip(axes[0], seeds):
-        g, p = pick(grid, seed, m), pick(pbt, seed, m)
-        if pbt_best is not None:  # ptray's own filing of the population's best must be the same run
-            filed = next(s for s in pbt_best.seeds if s.seed == seed)
-            assert filed.raw.get("best_of") == p.config_id, f"seed {seed}: picked {p.config_id}, filed {filed.raw}"
-        g_curve, p_curve = reach_curve(grid, seed, m), reach_curve(pbt, seed, m)
-        target = selection_score(g.raw, m)
-        g_at, p_at = first_reach(g_curve, target), first_reach(p_curve, target)
-        finals["grid"].append(g.report.get(m, math.nan))
-        finals["pbt"].append(p.report.get(m, math.nan))
-        resizes = " → ".join([str(r["old"]) for r in (p.raw.get("resizes") or [])[:1]] +
-                             [str(r["new"]) for r in p.raw.get("resizes") or []]) or "none"
-        rows.append(f"| {seed} | {describe(g)} | {selection_score(g.raw, m):.4f} | {g.report.get(m, math.nan):.4f} | "
-                    f"{describe(p)} | {resizes} | {selection_score(p.raw, m):.4f} | {p.report.get(m, math.nan):.4f} |")
-        reach.append(f"| {seed} | {target:.4f} | {g_at} of {budget['grid']} | "
-                     + (f"{p_at} of {budget['pbt']}" if p_at is not None else f"not reached in {budget['pbt']}")
-                     + f" | {p_curve[-1][1]:.4f} |")
-        for name, curve in (("grid over lengths", g_curve), ("PBT over length and lr", p_curve)):
-            ax.step([c for c, _ in curve], [v for _, v in curve], where="post", label=name)
+        picks = {name: pick(cs, seed, m) for name, cs in searches.items()}
+        for name, (_, _, best) in found.items():
+            if best is not None:  # ptray's own filing of the population's best must be the same run
+                filed = next(s for s in best.seeds if s.seed == seed)
+                assert filed.raw.get("best_of") == picks[name].config_id, f"{name} seed {seed}: {filed.raw}"
+        curves = {name: reach_curve(cs, seed, m) for name, cs in searches.items()}
+        target = selection_score(picks["grid"].raw, m)
+        for name, p in picks.items():
+            finals[name].append(p.report.get(m, math.nan))
+            resizes = p.raw.get("resizes") or []
+            lengths = " → ".join([str(r["old"]) for r in resizes[:1]] + [str(r["new"]) for r in resizes]) or "none"
+            rows.append(f"| {seed} | {NAMES[name]} | {describe(p)} | {lengths if name != 'grid' else ''} | "
+                        f"{selection_score(p.raw, m):.4f} | {p.report.get(m, math.nan):.4f} |")
+        reached = [(first_reach(curves[name], target), budget[name]) for name in EXPERIMENTS]
+        reach.append(f"| {seed} | {target:.4f} | "
+                     + " | ".join(f"{at} of {of}" if at is not None else f"not in {of}" for at, of in reached)
+                     + " | " + " | ".join(f"{curves[name][-1][1]:.4f}" for name in EXPERIMENTS if name != "grid")
+                     + " |")
+        for name, curve in curves.items():
+            ax.step([c for c, _ in curve], [v for _, v in curve], where="post", label=NAMES[name])
         ax.axhline(target, color="grey", lw=0.8, ls=":")
         ax.set_title(f"seed {seed}")
         ax.set_xlabel("member-steps")
@@ -157,33 +167,38 @@ def summary() -> str:
 
     took = {name: f"{t['seconds'] / 60:.1f} min (load {t['load_average_at_end']} at the end"
                   + (", after a resume" if t.get("resumed") else "") + ")" for name, t in timing.items()}
+    pbts = [name for name in EXPERIMENTS if name != "grid"]
     lines = [
         "# PBT over prompt length vs a grid over lengths, at the same compute", "",
-        f"Written by `python studies/pbt_length/compare.py` from the two experiments' result files "
-        f"([grid report](grid/report/report.md), [PBT report](pbt/report/report.md)); nothing is typed by hand.", "",
+        "Written by `python studies/pbt_length/compare.py` from the three experiments' result files ("
+        + ", ".join(f"[{NAMES[name]}]({name}/report/report.md)" for name in EXPERIMENTS)
+        + "); nothing is typed by hand.", "",
         f"TREC 16-shot (6 classes; selection on a disjoint 16-per-class sample, report on the official 500-question "
-        f"test set), frozen MiniLM, vanilla prompt tuning, seeds {seeds}: {setting()} ({budget['grid']} and "
-        f"{budget['pbt']} member-steps per seed). Each search's pick on a seed is its run with the best selection "
-        f"{m}; the report split never chooses.", "",
-        f"Wall-clock on this 2-core machine: grid {took.get('grid', 'not timed')}, "
-        f"PBT {took.get('pbt', 'not timed')}.", "",
+        f"test set), frozen MiniLM, vanilla prompt tuning, seeds {seeds}: {setting()} ("
+        + ", ".join(f"{budget[name]}" for name in EXPERIMENTS) + " member-steps per seed). Each search's pick on a "
+        f"seed is its run with the best selection {m}; the report split never chooses.", "",
+        "Wall-clock on this 2-core machine (shared with other jobs, so the load says how far from idle): "
+        + ", ".join(f"{NAMES[name]} {took.get(name, 'not timed')}" for name in EXPERIMENTS) + ".", "",
         "## What each search picks, per seed", "",
-        f"| seed | grid pick | selection | report {m} | PBT pick (final) | its lengths | selection | report {m} |",
-        "|---:|---|---:|---:|---|---|---:|---:|", *rows, "",
-        f"- grid: {spread(finals['grid'])}",
-        f"- PBT: {spread(finals['pbt'])}", "",
+        f"| seed | search | pick (final) | its lengths | selection {m} | report {m} |",
+        "|---:|---|---|---|---:|---:|", *rows, "",
+        *(f"- {NAMES[name]}: {spread(finals[name])}" for name in EXPERIMENTS), "",
         f"With {len(seeds)} seeds this describes these seeds; it is no test of a difference.", "",
         "## How PBT changed the lengths", "",
         "Each member's recorded resizes (member: old → new length at a step). A resize comes with a donor's "
         "checkpoint, so a member carries its donor's lineage.", "",
-        *resize_lines(pbt, seeds), "",
+    ]
+    for name in pbts:
+        lines += [f"{NAMES[name]}:", "", *resize_lines(searches[name], seeds), ""]
+    lines += [
         "## Compute to reach the grid's best", "",
-        "Member-steps until the population first matches the grid's best selection score on the same seed (the grid "
+        "Member-steps until a search first matches the grid's best selection score on the same seed (the grid "
         "spends all of its member-steps before it knows which length is best; its column says when that score first "
         "appeared in lockstep). A PBT member's own scores from before it took over a donor's checkpoint are not in "
         "its lineage, so PBT's curve can only be later than what its members reached, never earlier.", "",
-        f"| seed | grid's best selection {m} | grid first had it at | PBT first had it at | PBT's best selection |",
-        "|---:|---:|---|---|---:|", *reach, "",
+        f"| seed | grid's best selection {m} | " + " | ".join(f"{NAMES[name]} first had it at" for name in EXPERIMENTS)
+        + " | " + " | ".join(f"{NAMES[name]}: best selection" for name in pbts) + " |",
+        "|---:|---:|" + "---|" * len(EXPERIMENTS) + "---:|" * len(pbts), *reach, "",
         "![best selection score so far against member-steps](reach.png)", "",
     ]
     return "\n".join(lines)
