@@ -78,7 +78,9 @@ def summary(folder: Path) -> str:
         took = "not timed"
         if timing_file.is_file():
             timing = json.loads(timing_file.read_text())
-            took = f"{timing['seconds'] / 60:.1f} min" + (" (after a resume)" if timing.get("resumed") else "")
+            # The load says how far the time is from an idle machine's (studies often share it).
+            took = (f"{timing['seconds'] / 60:.1f} min (load {timing['load_average_at_end']} at the end"
+                    + (", after a resume" if timing.get("resumed") else "") + ")")
         m = s["primary_metric"]
         short = short_labels(s["configs"].values())
         for c in s["configs"].values():
