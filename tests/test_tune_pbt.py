@@ -95,7 +95,10 @@ def test_a_population_larger_than_the_machine_perturbs_in_lockstep(data_dir, tmp
     assert set(first) == set(members)
     for boundary in (2, 4):
         reached = max(f[boundary] for f in first.values())
-        assert reached <= min(f[boundary + 2] for f in first.values()), \
+        # Any report past the boundary, whichever step: Tune's log of a member restored at the last boundary may lack
+        # the report of its last step (seen once at idle), and what lockstep forbids is any later report too early.
+        later = [t for f in first.values() for step, t in f.items() if step > boundary]
+        assert later and reached <= min(later), \
             f"a member went past step {boundary} before every member had reached it: {first}"
     # One exploit per boundary (quantile 0.25 of 4: one member takes over one other's state), none at the end.
     exploits = (out / "ray" / "pbt-seed0" / "pbt_global.txt").read_text().splitlines()
