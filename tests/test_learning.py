@@ -1,7 +1,7 @@
-"""A real run learns, for every prompt method and every PTP regularizer: MiniLM on SUBJ 16-shot (the quickstart's task
-and protocol, where prompt tuning clearly learns; FewGLUE RTE's 32 examples leave seeds at the majority class). The
-training loss falls clearly and the report accuracy beats the majority class. What each method saves (adapter shapes,
-residual folding, the dynamic clock) is checked in its own file."""
+"""A real run learns, for every prompt method and every PTP regularizer: MiniLM on SUBJ 16-shot (the quickstart's
+k-shot protocol on a two-class task, where prompt tuning clearly learns; FewGLUE RTE's 32 examples leave seeds at the
+majority class). The training loss falls clearly and the report accuracy beats the majority class. What each method
+saves (adapter shapes, residual folding, the dynamic clock) is checked in its own file."""
 import numpy as np
 import pytest
 
