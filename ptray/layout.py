@@ -213,8 +213,9 @@ def config_id(overrides: dict[str, Any]) -> str:
 
 
 def label(overrides: dict[str, Any]) -> str:
-    """A readable name for a config: its searched values, or `base` when nothing is searched."""
-    return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "base"
+    """A readable name for a config: its searched values, a searched section by its dotted keys
+    (`perturbation.space=text, perturbation.kind=random`, not a dict's repr), or `base` when nothing is searched."""
+    return ", ".join(f"{k}={v}" for k, v in flatten(overrides).items()) or "base"
 
 
 # --- dotted keys (`train.lr` is config["train"]["lr"]) ----------------------------------------------------------------

@@ -9,7 +9,8 @@ import pytest
 from conftest import REPO, free_port, run_ptray, tiny_config
 from ptray.config import ConfigError, config_from_dict, load_config
 from ptray.distributed.search import ListSearcher, SearchPlan, selection_score
-from ptray.layout import config_id, with_values
+from ptray.layout import config_id, label, with_values
+from ptray.tracking.store import run_name
 
 
 def plan_of(data_dir, tune, **sections) -> SearchPlan:
@@ -25,6 +26,18 @@ def test_config_id_is_stable_and_ignores_key_order():
 
     assert a == hashlib.sha1(b'{"method.num_tokens":8,"train.lr":0.01}').hexdigest()[:12]
     assert config_id({}) == hashlib.sha1(b"{}").hexdigest()[:12]
+
+
+def test_a_searched_section_is_labelled_by_its_keys_not_its_repr():
+    # `perturbation: [null, {space: ..., kind: ...}]` searches whole sections: the live view, the table, the report and
+    # MLflow name each config by dotted keys, as `ptray config` writes them.
+    section = {"perturbation": {"space": "embedding", "kind": "random"}}
+    assert label(section) == "perturbation.space=embedding, perturbation.kind=random"
+    assert label({"perturbation": None}) == "perturbation=None"
+    assert label({"method.name": "residual", "train.lr": 0.01}) == "method.name=residual, train.lr=0.01"
+    assert label({}) == "base"
+    assert run_name(section) == "space=embedding, kind=random"
+    assert run_name({"method": {"name": "residual", "num_tokens": 10}}) == "residual, num_tokens=10"
 
 
 def test_grid_runs_every_config_on_every_seed(data_dir):

@@ -360,8 +360,8 @@ class Tracker:
 
 def run_name(overrides: dict) -> str:
     """A short run name for the MLflow UI's run list (the full label is the ptray.label tag): each searched value
-    without its section, a `.name` key by its value alone (`residual, num_tokens=10`)."""
-    parts = [str(v) if k.endswith(".name") else f"{k.rsplit('.', 1)[-1]}={v}" for k, v in overrides.items()]
+    without its section, a `.name` key by its value alone (`residual, num_tokens=10`; a searched section by its keys)."""
+    parts = [str(v) if k.endswith(".name") else f"{k.rsplit('.', 1)[-1]}={v}" for k, v in flatten(overrides).items()]
     return ", ".join(parts) or "base"
 
 
