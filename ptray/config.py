@@ -143,6 +143,10 @@ class TrainConfig(Strict):
     eval_batch_size: int = Field(64, ge=1, description="Examples per evaluation batch.")
     group_by_length: bool = Field(True, description="Batch training examples of similar length (seeded and "
                                                     "jittered, so batches still vary): less padding.")
+    pad_to_multiple_of: int | None = Field(
+        None, ge=1, description="Round each batch's width up to a multiple of this (at most task.max_seq_length): a "
+                                "GPU then meets a few shapes and reuses its kernels and attention plans. Unset: 64 on "
+                                "a GPU, 1 (the longest row, no rounding) on a CPU, where every padded position costs.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     optimizer: Literal["adamw", "adafactor"] = Field("adamw", description="Optimizer of the trainable parameters.")
     lr: float = Field(0.03, gt=0, description="Peak learning rate.")
@@ -175,6 +179,12 @@ class TrainConfig(Strict):
         if self.epochs is None and self.max_steps is None:
             self.epochs = DEFAULT_EPOCHS
         return self
+
+    def pad_multiple(self, device_type: str) -> int:
+        """train.pad_to_multiple_of, resolved for a device type ("cuda", "cpu", ...)."""
+        if self.pad_to_multiple_of is not None:
+            return self.pad_to_multiple_of
+        return 64 if device_type == "cuda" else 1
 
 
 class TrackingConfig(Strict):

@@ -1,8 +1,8 @@
 """Examples -> (a k-shot sample of them) -> token ids -> padded batches.
 
 Each example becomes one row (classification) or one row per option (multiple choice). Batches are padded to
-their own longest row, not to a fixed length: short tasks do not pay for the longest example. Training batches group
-examples of similar length (seeded), so they pad little too.
+their own longest row (on a GPU rounded up to a few recurring widths), not to a fixed length: short tasks do not pay
+for the longest example. Training batches group examples of similar length (seeded), so they pad little too.
 """
 from __future__ import annotations
 
@@ -113,10 +113,16 @@ class Encoder:
         return Encoded([source] * len(targets), ex.label, decoder_targets=targets)
 
 
-def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad the rows of several examples into one batch; `row_example`/`row_choice` map rows back."""
+def collate(items: list[Encoded], pad_id: int, multiple: int = 1,
+            limit: int | None = None) -> dict[str, torch.Tensor]:
+    """Pad the rows of several examples into one batch; `row_example`/`row_choice` map rows back. The width is the
+    longest row's, rounded up to a multiple of `multiple` but not past `limit` (the task's row length): a GPU builds
+    kernels and attention plans per shape, and a few recurring widths let it reuse them."""
     rows = [r for it in items for r in it.rows]
-    width = max(len(r) for r in rows)
+    longest = max(len(r) for r in rows)
+    width = -(-longest // multiple) * multiple
+    if limit is not None:
+        width = max(longest, min(width, limit))
     n = len(rows)
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)

@@ -230,6 +230,8 @@ class Loop:
         # gradients live in the optimizer's partitions, where only DeepSpeed can clip: then the pack is one seed
         # (ExperimentConfig.unpackable refuses clipped ZeRO packs) and DeepSpeed clips it (engine built with clipping).
         self.clip_per_seed = self.tc.zero_stage == 0
+        self.pad_multiple = self.tc.pad_multiple(prepared.device.type)
+        self.max_length = seeds[0].cfg.task.max_seq_length
         self.train_seconds = self.eval_seconds = 0.0
 
     def active(self) -> list[int]:
@@ -291,27 +293,27 @@ class Loop:
     def micro_step(self, indices: list[list[int]], step: int, losses: dict[int, list[float]]) -> None:
         """Each seed's micro-batch (indices into the train split; empty for a seed that no longer trains)."""
         items = self.data["train"]
-        self.micro_step_on([self.to_device(collate([items[j] for j in idx], self.pad_id)) if idx else None
-                            for idx in indices], step, losses)
+        self.micro_step_on([self.batch([items[j] for j in idx]) if idx else None for idx in indices], step, losses)
 
     def micro_step_on(self, batches: list[dict[str, torch.Tensor] | None], step: int,
                       losses: dict[int, list[float]]) -> None:
         scores = self.engine(batches)
-        total = None
+        seed_losses: dict[int, torch.Tensor] = {}
         for i, (s, batch) in enumerate(zip(scores, batches)):
-            if s is None:
-                continue
-            seed = self.seeds[i]
-            with seed.stream.active():  # a perturbation's passes draw dropout from the seed's stream
-                loss = loss_fn(seed.model, batch, seed.perturbation, scores=s)
-            value = loss.item()
+            if s is not None:
+                with self.seeds[i].stream.active():  # a perturbation's passes draw dropout from the seed's stream
+                    seed_losses[i] = loss_fn(self.seeds[i].model, batch, self.seeds[i].perturbation, scores=s)
+        # One host sync for the whole pack (a GPU stalls at each), not one per seed.
+        values = torch.stack([x.detach().float() for x in seed_losses.values()]).tolist() if seed_losses else []
+        total = None
+        for (i, loss), value in zip(seed_losses.items(), values):
             try:
                 check_loss(value, step, self.tc.max_loss)
             except Diverged as e:
                 self.fail(i, str(e))
                 continue
             losses[i].append(value)
-            seed.examples_seen += batch["labels"].shape[0] * self.world
+            self.seeds[i].examples_seen += batches[i]["labels"].shape[0] * self.world
             total = loss if total is None else total + loss
         if total is None:  # every seed has failed
             return
@@ -333,7 +335,7 @@ class Loop:
         self.engine.eval()
 
         def forward(items):
-            batch = self.to_device(collate(items, self.pad_id))
+            batch = self.batch(items)
             return [s for s in self.engine([batch if i in which else None for i in range(len(self.seeds))])
                     if s is not None]
 
@@ -342,6 +344,10 @@ class Loop:
         metrics = {i: self.p.task.compute_metrics(examples, pred) for i, pred in zip(which, preds)}
         self.eval_seconds += time.perf_counter() - t0
         return metrics
+
+    def batch(self, items: list[Encoded]) -> dict[str, torch.Tensor]:
+        """`items` padded into one batch (train.pad_to_multiple_of as resolved for the device), on the device."""
+        return self.to_device(collate(items, self.pad_id, self.pad_multiple, self.max_length))
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.engine.device) for k, v in batch.items()}

@@ -208,6 +208,11 @@ def build_loop(cfgs: list[ExperimentConfig], p: Prepared, outs: list[Path | None
     # only DeepSpeed can reach the gradients, and a clipped ZeRO run is one seed (ExperimentConfig.unpackable).
     engine_cfg = cfgs[0].model_copy(update={"train": tc.model_copy(update={"max_grad_norm": None})}) \
         if tc.zero_stage == 0 else cfgs[0]
+    if p.device.type == "cuda":
+        # cuDNN's attention builds an execution plan for every new sequence length; with it off, flash or
+        # memory-efficient attention run, and a grouped train step was 1.7-1.9x (1.1B Llama shape) and 3-3.7x (135M)
+        # faster on an H200 (2026-11-30).
+        torch.backends.cuda.enable_cudnn_sdp(False)
     # On a GPU the seeds share one backbone pass; on a CPU each seed has its own (see ptray.core.packing).
     packed = PackedModel(models, [r.stream for r in runs], joint=p.device.type != "cpu",
                          pad_id=encoder.tokenizer.pad_token_id)
@@ -225,7 +230,8 @@ def new_result(cfg: ExperimentConfig, p: Prepared) -> dict:
         "primary_metric": p.task.primary_metric,
         "majority_baseline": p.task.majority_baseline(p.report),
         "warnings": p.warnings,
-        "environment": environment(p.device),
+        # The padding rounding is resolved per device, so it is recorded with the device.
+        "environment": {**environment(p.device), "pad_to_multiple_of": cfg.train.pad_multiple(p.device.type)},
         "config": cfg.to_dict(),
     }
 
