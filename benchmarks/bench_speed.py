@@ -13,6 +13,9 @@ and the accuracy check: bf16 against fp32 mean report accuracy over 5 seeds.
     python benchmarks/bench_speed.py                  # the committed run: writes RESULTS.md (and RESULTS.json)
     python benchmarks/bench_speed.py --quick          # a smoke run: a few steps of the throughput section, printed
     python benchmarks/bench_speed.py --only sweep     # one section, printed
+    python benchmarks/bench_speed.py --device cuda    # the GPU section (random-init Llama shapes): RESULTS.json's gpu
+                                                      # record and RESULTS.md (benchmarks/gpu/run.sh on a lent GPU)
+    python benchmarks/bench_speed.py --device cpu --shapes tiny --quick   # the GPU section's code path, printed
 
 Needs the bench extra (`pip install -e .[bench]`: HF PEFT) and the FewGLUE data (task.data_dir).
 """
@@ -493,13 +496,16 @@ def gpu_section(gpu: dict | None) -> list[str]:
              gpu_table(gpu["eval"], "evaluation")]
     if gpu.get("first_steps"):
         parts += ["", "### First steps of experiments/gpu_*.yaml (`ptray train`, random-init backbones of the same "
-                  "architecture)", "", "| config | backbone | rc | steps | s per step (first included) | load s | "
-                  "peak memory GiB |", "|---|---|---:|---:|---:|---:|---:|"]
+                  "architecture)", "", "| config | backbone | status | steps | s per step (first included) | load s | "
+                  "peak memory GiB |", "|---|---|---|---:|---:|---:|---:|"]
         for r in gpu["first_steps"]:
-            per_step = f"{r['train_s'] / r['steps']:.2f}" if r.get("steps") else "-"
-            memory = "-" if r.get("peak_memory_gib") is None else f"{r['peak_memory_gib']:.1f}"
-            parts.append(f"| {r['config']} | {r['backbone']} | {r['rc']} | {r.get('steps') or '-'} | {per_step} | "
-                         f"{r.get('load_s', 0):.0f} | {memory} |")
+            # A run that failed before training has no result.json: its status is the command's rc, its times none.
+            status = r["status"] or f"rc {r['rc']}"
+            per_step = f"{r['train_s'] / r['steps']:.2f}" if r["steps"] else "-"
+            load = "-" if r["load_s"] is None else f"{r['load_s']:.0f}"
+            memory = "-" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f}"
+            parts.append(f"| {r['config']} | {r['backbone']} | {status} | {r['steps'] or '-'} | {per_step} | {load} | "
+                         f"{memory} |")
     return parts
 
 
