@@ -365,7 +365,7 @@ def eval_throughput(model_name: str, rounds: int, peak: float) -> list[dict]:
 
 # --- GPU: ptray against HF PEFT on random-init Llama backbones --------------------------------------------------------
 # Per shape (random_backbones.SHAPES): the issue's batch, and the seed packs that fit. K=16 at batch 32 on 1.1B would
-# hold ~87k tokens of activations (~165 GB), more than an H200's 139 GB, so 1.1B packs K=4 only.
+# hold ~87k tokens of activations, by a rough count ~165 GB, more than an H200's 139 GB, so 1.1B packs K=4 only.
 GPU_SHAPES = {"tiny": (8, (4, 16)), "135m": (8, (4, 16)), "1.1b": (32, (4,))}
 PEFT_TRAIN, PEFT_EVAL = "HF PEFT, bf16, fixed padding 256", "HF PEFT, bf16, fixed padding 256, batch 8, no_grad"
 SHIPPED = "ptray K=1, as shipped"
@@ -421,7 +421,7 @@ def gpu_run(shapes: dict, device: str, tokenizer: Path, quick: bool, pad_multipl
                                                                       1024, 1 if quick else 3, device),
               "shapes": {}, "train": [], "eval": []}
     print(f"bf16 peak: {record['peak_bf16_gflops'] / 1e3:.1f} TFLOP/s")
-    # A quick run (a check of the code path, on a CPU in seconds) takes one turn and evaluates 32 examples.
+    # A quick run (a check of the code path: under a minute on a busy 2-core CPU) takes one turn on 32 eval examples.
     rounds, steps, warmup = (1, 1, 1) if quick else (3, 3, 2)
     overrides = ("task.max_eval_examples=32",) if quick else ()
     with tempfile.TemporaryDirectory(prefix="ptray-backbones-") as tmp:
