@@ -13,6 +13,9 @@ and the accuracy check: bf16 against fp32 mean report accuracy over 5 seeds.
     python benchmarks/bench_speed.py                  # the committed run: writes RESULTS.md (and RESULTS.json)
     python benchmarks/bench_speed.py --quick          # a smoke run: a few steps of the throughput section, printed
     python benchmarks/bench_speed.py --only sweep     # one section, printed
+    python benchmarks/bench_speed.py --device cuda    # the GPU section (random-init Llama shapes): RESULTS.json's gpu
+                                                      # record and RESULTS.md (benchmarks/gpu/run.sh on a lent GPU)
+    python benchmarks/bench_speed.py --device cpu --shapes tiny --quick   # the GPU section's code path, printed
 
 Needs the bench extra (`pip install -e .[bench]`: HF PEFT) and the FewGLUE data (task.data_dir).
 """
@@ -45,33 +48,45 @@ SEEDS = [0, 1, 2, 3, 4]
 
 # --- machine ----------------------------------------------------------------------------------------------------------
 def machine() -> dict:
+    import importlib.util
+
     import deepspeed
     import peft
-    import ray
     import transformers
 
     from ptray.core.train import cpu_name
 
+    # The GPU machine has no Ray, and its copy of the project no .git (run.sh passes the commit in PTRAY_COMMIT).
+    ray = importlib.import_module("ray") if importlib.util.find_spec("ray") else None
+
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "deepspeed": deepspeed.__version__, "peft": peft.__version__, "ray": ray.__version__,
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                     text=True).stdout.strip()}
+            "deepspeed": deepspeed.__version__, "peft": peft.__version__, "ray": ray and ray.__version__,
+            "cuda": torch.version.cuda, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "commit": os.environ.get("PTRAY_COMMIT") or subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()}
 
 
 def load_average() -> float:
     return os.getloadavg()[0]
 
 
-def matmul_gflops(dtype: torch.dtype, n: int = 4096, seconds: float = 2.0) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def synchronize(device: str) -> None:
+    """Wait for the GPU's queued work: a timer read without it measures the launches, not the compute."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 4096, seconds: float = 2.0, device: str = "cpu") -> float:
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b
+    synchronize(device)
     runs, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         a @ b
         runs += 1
+        synchronize(device)
     return 2 * n**3 * runs / (time.perf_counter() - t0) / 1e9
 
 
@@ -116,9 +131,10 @@ def eval_positions(items, batch_size: int, prompt_len: int, copies: int = 1) -> 
 
 
 def ptray_step(cfg, fixed: int | None = None, compile_backbone: bool = False):
-    """ptray's train step (Loop.micro_step_on: forward, fp32 loss, DeepSpeed backward and optimizer step) of one seed on
-    the config's own training batches; `fixed` pads each batch to that width instead of its longest row;
-    compile_backbone runs the backbone under torch.compile (dynamic shapes)."""
+    """ptray's train step (Loop.micro_step: the loop's own padding, forward, fp32 loss, DeepSpeed backward and optimizer
+    step) of one seed on the config's own training batches; `fixed` pads each batch to that width instead;
+    compile_backbone runs the backbone under torch.compile (dynamic shapes). Positions count the longest row's width
+    (train.pad_to_multiple_of's rounding on a GPU is not in them, so the GPU table shows no padding share)."""
     from ptray.core.data import collate
     from ptray.core.train import build_loop, prepare
 
@@ -129,10 +145,13 @@ def ptray_step(cfg, fixed: int | None = None, compile_backbone: bool = False):
     order, items, prompt_len = seed.batch_order(loop.data["train"]), loop.data["train"], cfg.method.num_tokens
 
     def step() -> tuple[int, int, int]:
-        chosen = [items[i] for i in next(order)]
-        batch = collate(chosen, loop.pad_id)
+        idx = next(order)
+        chosen = [items[i] for i in idx]
         loop.engine.train()
-        loop.micro_step_on([loop.to_device(pad_to(batch, fixed, loop.pad_id) if fixed else batch)], 1, {0: []})
+        if fixed:
+            loop.micro_step_on([loop.to_device(pad_to(collate(chosen, loop.pad_id), fixed, loop.pad_id))], 1, {0: []})
+        else:
+            loop.micro_step([idx], 1, {0: []})
         return len(chosen), row_tokens(chosen, prompt_len), positions(chosen, prompt_len, fixed)
 
     report = loop.data["report"]
@@ -205,15 +224,18 @@ def peft_tensors(tok, examples, max_len: int) -> dict:
 
 
 class PeftRun:
-    """HF PEFT prompt tuning as a user writes it: fixed padding, fp32, AdamW, linear schedule, clipping 1.0, a
-    shuffled loader; evaluation under no_grad in batches of 8 (the HF Trainer default)."""
+    """HF PEFT prompt tuning as a user writes it: fixed padding, fp32 (bf16 on a GPU), AdamW, linear schedule, clipping
+    1.0, a shuffled loader; evaluation under no_grad in batches of 8 (the HF Trainer default)."""
 
     def __init__(self, model_name: str, method: str, seed: int, examples: dict, num_tokens: int = 20,
-                 batch_size: int = 8, lr: float = 0.03, total_steps: int = 10**6):
+                 batch_size: int = 8, lr: float = 0.03, total_steps: int = 10**6, dtype=torch.float32,
+                 device: str = "cpu"):
         from transformers import get_scheduler
 
-        self.tok, self.model = peft_model(model_name, method, num_tokens, seed)
-        self.data = {role: peft_tensors(self.tok, exs, FIXED) for role, exs in examples.items()}
+        self.tok, self.model = peft_model(model_name, method, num_tokens, seed, dtype)
+        self.model.to(device)
+        self.data = {role: {k: v.to(device) for k, v in peft_tensors(self.tok, exs, FIXED).items()}
+                     for role, exs in examples.items()}
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=lr)
         self.sched = get_scheduler("linear", self.opt, int(0.06 * total_steps), total_steps)
@@ -254,20 +276,38 @@ def rte_examples(cfg) -> dict:
 
 
 # --- timing -----------------------------------------------------------------------------------------------------------
-def interleaved(variants: dict, rounds: int, steps: int, warmup: int = 2) -> dict:
-    """Time every variant's step in turns (round-robin), so a busy neighbour slows all of them alike."""
+def interleaved(variants: dict, rounds: int, steps: int, warmup: int = 2, device: str = "cpu") -> dict:
+    """Time every variant's step in turns (round-robin), so a busy neighbour slows all of them alike. On a GPU also
+    the peak memory of each variant's steps above what was allocated before them (all variants' weights stay
+    resident while they take turns); None on a CPU."""
     for fn in variants.values():
         for _ in range(warmup):
             fn()
     acc = {name: np.zeros(4) for name in variants}  # seconds, examples, tokens, positions
+    memory = {name: None for name in variants}
     for _ in range(rounds):
         for name, fn in variants.items():
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+                resident = torch.cuda.memory_allocated()
+            synchronize(device)
             t0 = time.perf_counter()
             for _ in range(steps):
                 acc[name][1:] += fn()
+            synchronize(device)
             acc[name][0] += time.perf_counter() - t0
-    return {name: {"examples_per_s": ex / s, "tokens_per_s": tok / s, "padding": 1 - tok / pos, "seconds": s}
-            for name, (s, ex, tok, pos) in acc.items()}
+            if device == "cuda":
+                memory[name] = max(memory[name] or 0, (torch.cuda.max_memory_allocated() - resident) / 2**30)
+    return {name: {"examples_per_s": ex / s, "tokens_per_s": tok / s, "padding": 1 - tok / pos, "seconds": s,
+                   "peak_memory_gib": memory[name]} for name, (s, ex, tok, pos) in acc.items()}
+
+
+def rows(model: str, timed: dict, base: str, params: int, flops_per_token: int, peak: float, **extra) -> list[dict]:
+    """Table rows: each variant's speed against the `base` variant of the same run, and its useful FLOPs
+    (flops_per_token x non-embedding parameters per non-padding token) over the peak (GFLOP/s)."""
+    base_rate = timed[base]["examples_per_s"]
+    return [{"model": model, "variant": name, **extra, **t, "speedup": t["examples_per_s"] / base_rate,
+             "utilisation": flops_per_token * params * t["tokens_per_s"] / (peak * 1e9)} for name, t in timed.items()]
 
 
 def train_throughput(model_name: str, rounds: int, steps: int, peak: float, extra: bool,
@@ -307,10 +347,7 @@ def train_throughput(model_name: str, rounds: int, steps: int, peak: float, extr
         compiled()
         variants[f"ptray, bf16, grouped, torch.compile (first step {time.perf_counter() - t0:.0f} s)"] = compiled
     timed = interleaved(variants, rounds, steps)
-    params = non_embedding_params(backbone)
-    base_rate = timed["HF PEFT, fp32, fixed padding"]["examples_per_s"]
-    return [{"model": model_name, "variant": name, **t, "speedup": t["examples_per_s"] / base_rate,
-             "utilisation": 4 * params * t["tokens_per_s"] / (peak * 1e9)} for name, t in timed.items()]
+    return rows(model_name, timed, "HF PEFT, fp32, fixed padding", non_embedding_params(backbone), 4, peak)
 
 
 def eval_throughput(model_name: str, rounds: int, peak: float) -> list[dict]:
@@ -322,10 +359,154 @@ def eval_throughput(model_name: str, rounds: int, peak: float) -> list[dict]:
                 "ptray, bf16, sorted by length, batch 64, inference_mode": eval16,
                 "ptray, bf16, sorted, seed packing K=5 (per seed)": packed_step(cfg16, 5)[1]}
     timed = interleaved(variants, rounds, 1, warmup=1)
+    return rows(model_name, timed, "HF PEFT, fp32, fixed padding, batch 8, no_grad", non_embedding_params(backbone), 2,
+                peak)
+
+
+# --- GPU: ptray against HF PEFT on random-init Llama backbones --------------------------------------------------------
+# Per shape (random_backbones.SHAPES): the issue's batch, and the seed packs that fit. K=16 at batch 32 on 1.1B would
+# hold ~87k tokens of activations, by a rough count ~165 GB, more than an H200's 139 GB, so 1.1B packs K=4 only.
+GPU_SHAPES = {"tiny": (8, (4, 16)), "135m": (8, (4, 16)), "1.1b": (32, (4,))}
+PEFT_TRAIN, PEFT_EVAL = "HF PEFT, bf16, fixed padding 256", "HF PEFT, bf16, fixed padding 256, batch 8, no_grad"
+SHIPPED = "ptray K=1, as shipped"
+CUDNN_SDP_DEFAULT = torch.backends.cuda.cudnn_sdp_enabled()  # torch's own, before ptray's core switches it off
+
+
+def with_cudnn_sdp(fn, enabled: bool):
+    """fn with cuDNN's attention on or off for its call only: the switch is process-wide, and variants that take turns
+    must each find their own setting (the others keep what ptray's core chose)."""
+    def call():
+        before = torch.backends.cuda.cudnn_sdp_enabled()
+        torch.backends.cuda.enable_cudnn_sdp(enabled)
+        try:
+            return fn()
+        finally:
+            torch.backends.cuda.enable_cudnn_sdp(before)
+
+    return call
+
+
+def gpu_throughput(shape: str, folder: Path, batch: int, packs: tuple[int, ...], device: str, rounds: int, steps: int,
+                   warmup: int, peak: float, pad_multiples: tuple[int, ...] = (1, 64),
+                   overrides: tuple[str, ...] = ()) -> tuple[list[dict], list[dict]]:
+    """Train-step and evaluation rows of one backbone: HF PEFT (bf16, fixed padding, torch's attention defaults) as the
+    reference, ptray one seed as shipped, with train.pad_to_multiple_of set, with cuDNN attention back on, and seed
+    packs (counted per seed-example), all in bf16 on FewGLUE RTE."""
+    base = [f"model.name={folder}", f"model.device={device}", "model.dtype=bf16", f"train.batch_size={batch}",
+            *overrides]
+    cfg = rte(*base)
+    peft = PeftRun(str(folder), "vanilla", 0, rte_examples(cfg), batch_size=batch, dtype=torch.bfloat16,
+                   device=device)
+    step, evaluate, backbone = ptray_step(cfg)
+    train = {PEFT_TRAIN: with_cudnn_sdp(peft.step, CUDNN_SDP_DEFAULT), SHIPPED: step}
+    evals = {PEFT_EVAL: with_cudnn_sdp(lambda: peft.evaluate()[1:], CUDNN_SDP_DEFAULT), SHIPPED: evaluate}
+    for m in pad_multiples:
+        name = f"ptray K=1, train.pad_to_multiple_of={m}"
+        train[name], evals[name], _ = ptray_step(rte(*base, f"train.pad_to_multiple_of={m}"))
+    name = "ptray K=1, cuDNN SDPA re-enabled"
+    train[name], evals[name] = with_cudnn_sdp(step, True), with_cudnn_sdp(evaluate, True)
+    for k in packs:
+        name = f"ptray seed pack K={k} (per seed-example)"
+        train[name], evals[name] = packed_step(cfg, k)
     params = non_embedding_params(backbone)
-    base_rate = timed["HF PEFT, fp32, fixed padding, batch 8, no_grad"]["examples_per_s"]
-    return [{"model": model_name, "variant": name, **t, "speedup": t["examples_per_s"] / base_rate,
-             "utilisation": 2 * params * t["tokens_per_s"] / (peak * 1e9)} for name, t in timed.items()]
+    return (rows(shape, interleaved(train, rounds, steps, warmup, device), PEFT_TRAIN, params, 4, peak, batch=batch),
+            rows(shape, interleaved(evals, rounds, 1, 1, device), PEFT_EVAL, params, 2, peak, batch=batch))
+
+
+def gpu_run(shapes: dict, device: str, tokenizer: Path, quick: bool, pad_multiples: tuple[int, ...] = (1, 64)) -> dict:
+    """The GPU record: machine, bf16 matmul peak, and each shape's rows (built as a random-init backbone first)."""
+    from random_backbones import build
+
+    record = {"machine": machine(), "peak_bf16_gflops": matmul_gflops(torch.bfloat16, 8192 if device == "cuda" else
+                                                                      1024, 1 if quick else 3, device),
+              "shapes": {}, "train": [], "eval": []}
+    print(f"bf16 peak: {record['peak_bf16_gflops'] / 1e3:.1f} TFLOP/s")
+    # A quick run (a check of the code path: under a minute on a busy 2-core CPU) takes one turn on 32 eval examples.
+    rounds, steps, warmup = (1, 1, 1) if quick else (3, 3, 2)
+    overrides = ("task.max_eval_examples=32",) if quick else ()
+    with tempfile.TemporaryDirectory(prefix="ptray-backbones-") as tmp:
+        for shape, (kind, fields, batch, packs) in shapes.items():
+            folder = build(kind, fields, Path(tmp) / shape, tokenizer, device)
+            record["shapes"][shape] = {**fields, "batch": batch, "packs": list(packs)}
+            train, evals = gpu_throughput(shape, folder, batch, packs, device, rounds, steps, warmup,
+                                          record["peak_bf16_gflops"], pad_multiples, overrides)
+            record["train"] += train
+            record["eval"] += evals
+            print(gpu_table(train, "train step"), gpu_table(evals, "evaluation"), sep="\n\n")
+    return record
+
+
+def gpu_table(rows: list[dict], kind: str) -> str:
+    lines = [f"| backbone, batch | {kind} | examples/s | non-padding tokens/s | x HF PEFT | useful FLOPs / bf16 peak | "
+             "peak memory GiB |", "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        memory = "-" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f}"
+        lines.append(f"| {r['model']}, {r['batch']} | {r['variant']} | {r['examples_per_s']:.1f} | "
+                     f"{r['tokens_per_s']:.0f} | {r['speedup']:.2f} | {100 * r['utilisation']:.1f}% | {memory} |")
+    return "\n".join(lines)
+
+
+def gpu_targets(gpu: dict) -> str:
+    """The issue's GPU targets against what the GPU run measured ("not measured" where its shape was not run)."""
+    def row(shape: str, variant: str | None = None) -> dict | None:
+        """The named variant's train row of a shape; without a name, its ptray row of the highest utilisation."""
+        found = [r for r in gpu["train"] if r["model"] == shape and (r["variant"] == variant if variant else
+                                                                     r["variant"].startswith("ptray"))]
+        return max(found, key=lambda r: r["utilisation"]) if found else None
+
+    checks = [("ptray K=1 >= 2x HF PEFT (1.1B, batch 32)", row("1.1b", SHIPPED), "speedup", 2.0),
+              ("ptray K=1 >= 1.5x HF PEFT (135M, batch 8)", row("135m", SHIPPED), "speedup", 1.5),
+              (">= 40% of the bf16 peak in useful FLOPs (1.1B, best ptray train row)", row("1.1b"), "utilisation", 0.4),
+              ("seed pack K=16 >= 10x HF PEFT per seed-example (135M)",
+               row("135m", "ptray seed pack K=16 (per seed-example)"), "speedup", 10.0)]
+    lines = ["| target | measured | met |", "|---|---|---|"]
+    for name, r, key, goal in checks:
+        if r is None:
+            lines.append(f"| {name} | not measured | - |")
+            continue
+        value = f"{100 * r[key]:.1f}% ({r['variant']})" if key == "utilisation" else f"{r[key]:.2f}x"
+        lines.append(f"| {name} | {value} | {'yes' if r[key] >= goal else 'no'} |")
+    return "\n".join(lines)
+
+
+GPU_COMMAND = "bash benchmarks/gpu/run.sh"
+
+
+def gpu_section(gpu: dict | None) -> list[str]:
+    if not gpu:
+        return ["## GPU", f"Not measured (no GPU run yet). To take it, on a machine with a CUDA GPU and the gpu-kit: "
+                f"`{GPU_COMMAND}` (it runs `python benchmarks/bench_speed.py --device cuda`). Nothing here is "
+                "estimated."]
+    m = gpu["machine"]
+    parts = ["## GPU",
+             f"Written by `{GPU_COMMAND}` on {m['date']} (commit {m['commit'] or 'unknown'}); every ratio below was "
+             "measured within that one run, the variants timed in turns, each timing between torch.cuda.synchronize().",
+             f"- GPU: {m['gpu']}; torch {m['torch']} (CUDA {m['cuda']}), transformers {m['transformers']}, "
+             f"peft {m['peft']}, deepspeed {m['deepspeed']}",
+             f"- bf16 matmul peak measured here (8192^3): {gpu['peak_bf16_gflops'] / 1e3:.0f} TFLOP/s",
+             "- Backbones: random-init Llama shapes (speed does not depend on the weights), the gpu-kit's tokenizer "
+             "(vocab 30522): " + "; ".join(f"{name}: hidden {s['hidden_size']}, {s['num_hidden_layers']} layers, "
+                                            f"batch {s['batch']}" for name, s in gpu["shapes"].items()),
+             "- Peak memory: torch.cuda.max_memory_allocated during a variant's steps, above what was allocated "
+             "before them (the weights of every variant stay resident while they take turns).",
+             "", "### Targets", gpu_targets(gpu), "",
+             "### Train step (FewGLUE RTE train, prompt 20; useful FLOPs = 4 x non-embedding parameters per "
+             "non-padding token)", "", gpu_table(gpu["train"], "train step"), "",
+             "### Evaluation (SuperGLUE RTE val, 277 examples; 2 x parameters per token)", "",
+             gpu_table(gpu["eval"], "evaluation")]
+    if gpu.get("first_steps"):
+        parts += ["", "### First steps of experiments/gpu_*.yaml (`ptray train`, random-init backbones of the same "
+                  "architecture)", "", "| config | backbone | status | steps | s per step (first included) | load s | "
+                  "peak memory GiB |", "|---|---|---|---:|---:|---:|---:|"]
+        for r in gpu["first_steps"]:
+            # A run that failed before training has no result.json: its status is the command's rc, its times none.
+            status = r["status"] or f"rc {r['rc']}"
+            per_step = f"{r['train_s'] / r['steps']:.2f}" if r["steps"] else "-"
+            load = "-" if r["load_s"] is None else f"{r['load_s']:.0f}"
+            memory = "-" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f}"
+            parts.append(f"| {r['config']} | {r['backbone']} | {status} | {r['steps'] or '-'} | {per_step} | {load} | "
+                         f"{memory} |")
+    return parts
 
 
 # --- accuracy: bf16 against fp32 --------------------------------------------------------------------------------------
@@ -555,9 +736,7 @@ def write_results(record: dict, path: Path, notes: str) -> None:
                          f"{r['accuracy']['residual']:.3f} |")
         parts += ["", "Overhead = 1 - (sum of the trials' train and eval seconds) / (wall seconds x trials that can "
                   "run at once): Ray, DeepSpeed and MLflow start-up, imports, data preparation, checkpoints."]
-    parts += ["", "## GPU", "No GPU was lent to the session that wrote this file: the GPU rows (examples/s, "
-              "utilisation against the GPU's bf16 peak, seed-packing speedup for K = 1, 4, 16) are not measured.", "",
-              "## Levers: what paid and what did not", notes.strip(), ""]
+    parts += ["", *gpu_section(record.get("gpu")), "", "## Levers: what paid and what did not", notes.strip(), ""]
     path.write_text("\n".join(parts))
 
 
@@ -575,10 +754,25 @@ def main() -> None:
                     help="epochs of every sweep trial (rte.yaml trains 10; 5 keeps the default run short)")
     ap.add_argument("--compile", action="store_true", help="also time the step under torch.compile (minutes)")
     ap.add_argument("--render", action="store_true", help="only rewrite RESULTS.md from RESULTS.json (no measuring)")
+    ap.add_argument("--device", choices=("cuda", "cpu"),
+                    help="run the GPU section instead, on this device (cpu: a check of its code path, e.g. with "
+                         "--shapes tiny --quick); a full cuda run writes RESULTS.json's gpu record and RESULTS.md")
+    ap.add_argument("--shapes", nargs="+", choices=GPU_SHAPES, default=["135m", "1.1b"],
+                    help="random-init Llama backbones of the GPU section")
+    ap.add_argument("--shape-args", help="also a backbone of any size, named custom: LlamaConfig fields plus batch "
+                                         "and packs, e.g. hidden_size=4096,intermediate_size=14336,"
+                                         "num_hidden_layers=32,num_attention_heads=32,num_key_value_heads=8,batch=16,"
+                                         "packs=4/16")
+    ap.add_argument("--tokenizer", type=Path, default=Path(os.environ.get("PTRAY_TOKENIZER", ROOT.parent / "shared" /
+                                                                           "gpu-kit" / "tok")),
+                    help="the gpu-kit's tok/ folder, paired with the random-init backbones (env PTRAY_TOKENIZER)")
     args = ap.parse_args()
     out = ROOT / "benchmarks" / "RESULTS.md"
     if args.render:
         write_results(json.loads(out.with_suffix(".json").read_text()), out, NOTES)
+        return
+    if args.device:
+        gpu_main(args, out)
         return
     SEEDS = list(range(args.seeds))
     sections = {"throughput"} if args.quick else set(args.only)
@@ -610,9 +804,31 @@ def main() -> None:
     info["load_after"] = load_average()
     record["peak_bf16_after"] = matmul_gflops(torch.bfloat16)
     if sections == set(SECTIONS):
+        if out.with_suffix(".json").exists():  # the GPU record comes from another machine: keep it
+            record["gpu"] = json.loads(out.with_suffix(".json").read_text()).get("gpu")
         out.with_suffix(".json").write_text(json.dumps(record, indent=2))
         write_results(record, out, NOTES)
         print(targets(record))
+        print(f"wrote {out} and {out.with_suffix('.json')}")
+
+
+def gpu_main(args, out: Path) -> None:
+    """The GPU section: printed; a full cuda run (not --quick) also stores it beside the CPU record and renders."""
+    from random_backbones import SHAPES
+
+    shapes = {name: (*SHAPES[name], *GPU_SHAPES[name]) for name in args.shapes}
+    if args.shape_args:
+        fields = dict(kv.split("=") for kv in args.shape_args.split(","))
+        batch, packs = int(fields.pop("batch", 8)), tuple(int(k) for k in fields.pop("packs", "4").split("/"))
+        shapes["custom"] = ("llama", {k: int(v) for k, v in fields.items()}, batch, packs)
+    os.chdir(ROOT)
+    record = gpu_run(shapes, args.device, args.tokenizer, args.quick)
+    print(gpu_targets(record))
+    if args.device == "cuda" and not args.quick:
+        stored = json.loads(out.with_suffix(".json").read_text())
+        stored["gpu"] = record
+        out.with_suffix(".json").write_text(json.dumps(stored, indent=2))
+        write_results(stored, out, NOTES)
         print(f"wrote {out} and {out.with_suffix('.json')}")
 
 
