@@ -437,6 +437,22 @@ def compare(
     return out
 
 
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of the p-values of a family of tests (several configs against one baseline): an
+    adjusted p below ``alpha`` keeps the chance of any false detection in the family at most ``alpha``. Sorted
+    ascending, the k-th smallest of m is multiplied by m - k + 1, capped at 1 and made monotone. ``nan`` (an
+    undefined test) stays ``nan`` and is not counted in m. scipy.stats has no Holm (only Benjamini-Hochberg, which
+    controls the false discovery rate instead)."""
+    p = np.asarray([_f(x) for x in p_values], dtype=float)
+    out = np.full(p.shape, _NAN)
+    finite = np.flatnonzero(np.isfinite(p))
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = len(order)
+    steps = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(steps) if m else steps
+    return [_f(x) for x in out]
+
+
 def _smallest_n(n: np.ndarray, power_curve: np.ndarray, power: float) -> float:
     hit = np.flatnonzero(power_curve >= power)
     return _f(n[hit[0]]) if hit.size else math.inf

@@ -52,3 +52,20 @@ def test_seeds_that_do_not_vary_make_the_tests_undefined():
     text, _ = _sentence([0.5, 0.5, 0.5], [0.6, 0.6, 0.6], paired=True)
     assert "paired t undefined" in text and "Brown-Forsythe undefined" in text and "p = 0" not in text
     assert "3/3 seeds at or below majority vs 0/3" in text
+
+
+def test_in_a_family_the_sentence_decides_on_the_holm_adjusted_p():
+    # The detected difference of the first test, as one of four configs against the baseline.
+    a, b = [0.66, 0.64, 0.62, 0.65, 0.50], [0.70, 0.71, 0.69, 0.72, 0.705]
+    summaries = [stats.summarize(x, at_majority=stats.at_or_below(x, MAJORITY)) for x in (a, b)]
+    r = {**stats.compare(a, b, paired=True), "paired": True}
+    assert r["paired_p"] < stats.ALPHA
+    survives = {**r, "holm_mean_p": 0.04, "holm_mean_m": 4, "holm_std_p": 0.5, "holm_std_m": 4}
+    text = comparison_sentence("residual", "vanilla", survives, *summaries)
+    assert text.startswith(f"residual vs vanilla: mean {100 * r['mean_diff']:+.1f} points (95% CI")
+    assert f"paired t p = {r['paired_p']:.3f}, Holm-adjusted over 4 comparisons p = 0.040, n = 5 pairs)" in text
+    lost = {**survives, "holm_mean_p": 0.12}
+    text = comparison_sentence("residual", "vanilla", lost, *summaries)
+    assert text.startswith("residual vs vanilla: mean: no detectable difference once adjusted for the family at "
+                           f"n = 5 pairs ({100 * r['mean_diff']:+.1f} points")
+    assert "Holm-adjusted over 4 comparisons p = 0.120)" in text

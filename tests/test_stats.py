@@ -12,6 +12,7 @@ from ptray.stats import (
     at_or_below,
     compare,
     expected_max_performance,
+    holm,
     majority_baseline,
     seeds_to_detect_difference,
     seeds_to_detect_std_ratio,
@@ -428,3 +429,31 @@ def test_majority_baseline():
     assert majority_baseline([3]) == 1.0
     with pytest.raises(ValueError):
         majority_baseline([])
+
+
+# --------------------------------------------------------------------- holm
+
+
+def test_holm_by_hand():
+    # Sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> kept monotone: 0.06 for the last.
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.3, 0.9]) == pytest.approx([0.6, 0.9])
+    assert holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([0.02]) == pytest.approx([0.02])  # a family of one
+    assert holm([]) == []
+
+
+def test_holm_leaves_undefined_tests_out_of_the_family():
+    out = holm([0.01, float("nan"), 0.04])
+    assert out[0] == pytest.approx(0.02) and math.isnan(out[1]) and out[2] == pytest.approx(0.04)
+
+
+def test_holm_controls_the_familywise_error_under_the_null():
+    # Four true-null tests (uniform p): any adjusted p < 0.05 in at most about 5% of families (Bonferroni's bound);
+    # unadjusted, about 1 - 0.95^4 = 19% of families would find something.
+    rng = np.random.default_rng(0)
+    families = rng.uniform(size=(4000, 4))
+    any_raw = (families < 0.05).any(axis=1).mean()
+    any_holm = np.mean([min(holm(f)) < 0.05 for f in families])
+    assert any_raw == pytest.approx(1 - 0.95 ** 4, abs=0.02)
+    assert any_holm <= 0.05 + 0.01

@@ -347,11 +347,29 @@ def test_report_numbers_match_scipy(synthetic):
     assert c["sentence"].startswith(f"{label(S)} vs {label(BASELINE)}: too few seeds (n = 2/6) to test")
     assert "too few seeds (n = 2)" in md  # its CI cell
 
-    # Every comparison that could be tested either found a difference or says it did not, and what would.
+    # Four configs against one baseline are a family: Holm's adjustment over the three that could be tested (S's tests
+    # are undefined), recomputed here from its definition: the k-th smallest of m times m - k + 1, kept monotone.
+    tested = {name: cfgs[name]["comparison"] for name in ("P", "C", "U")}
+    for key, p_of in (("mean", lambda r: r["paired_p"] if r["paired"] else r["welch_p"]),
+                      ("std", lambda r: r["brown_forsythe_p"])):
+        ranked = sorted(tested, key=lambda name: p_of(tested[name]))
+        running = 0.0
+        for k, name in enumerate(ranked):
+            running = max(running, min(1.0, (3 - k) * p_of(tested[name])))
+            assert tested[name][f"holm_{key}_p"] == pytest.approx(running)
+            assert tested[name][f"holm_{key}_m"] == 3
+        assert math.isnan(cfgs["S"]["comparison"][f"holm_{key}_p"])
+    assert "Holm p (mean, std)" in md
+    for name, r in tested.items():  # a sentence names the adjustment where the raw p alone would detect
+        raw = min(r["paired_p"] if r["paired"] else r["welch_p"], r["brown_forsythe_p"])
+        assert ("Holm-adjusted over 3 comparisons" in r["sentence"]) == (raw < 0.05)
+
+    # Every comparison that could be tested either found a difference or says it did not, and what would; it decides
+    # on the family's adjusted p.
     for name in ("P", "C", "U"):
         r = cfgs[name]["comparison"]
         p = r["paired_p"] if r["paired"] else r["welch_p"]
-        assert ("mean: no detectable difference" in r["sentence"]) == (p >= 0.05)
+        assert ("mean: no detectable difference" in r["sentence"]) == (r["holm_mean_p"] >= 0.05)
         if p >= 0.05:
             need = r["seeds_to_detect_mean"]
             assert (f"about {int(need)} seeds per config would detect" if math.isfinite(need)

@@ -69,8 +69,11 @@ def write_report(directory: str | Path, baseline: str | None = None, log_mlflow:
     configs = list(exp.configs.values())
 
     summaries = {c.config_id: {name: c.summary(name) for name in exp.report_metrics()} for c in configs}
-    comparisons = {c.config_id: _compare(c, base, summaries[c.config_id][m], summaries[base.config_id][m])
-                   for c in configs if c is not base}
+    comparisons = {c.config_id: _compare(c, base) for c in configs if c is not base}
+    adjust_for_the_family(comparisons)
+    for cid, r in comparisons.items():
+        r["sentence"] = comparison_sentence(exp.configs[cid].label, base.label, r, summaries[cid][m],
+                                            summaries[base.config_id][m])
     landscapes = _landscapes(exp)
     sources = variance.families(exp, m)
 
@@ -115,16 +118,33 @@ def write_report(directory: str | Path, baseline: str | None = None, log_mlflow:
     return md
 
 
-def _compare(c: ConfigResults, base: ConfigResults, summary: dict, base_summary: dict) -> dict:
+def _compare(c: ConfigResults, base: ConfigResults) -> dict:
     """`c` against the baseline over every finished seed of each. Paired when every finished seed of one is a finished
     seed of the other (a crash on one side would otherwise drop the other side's finished seed from the paired
-    tests), ending with the sentence that says what the numbers mean."""
+    tests)."""
     metric = c.primary_metric
     a, b = c.metric(metric), base.metric(metric)
     paired = c.seed_ids == base.seed_ids and bool(np.array_equal(np.isfinite(a), np.isfinite(b)))
-    result = {**stats.compare(a, b, paired=paired), "paired": paired}
-    result["sentence"] = comparison_sentence(c.label, base.label, result, summary, base_summary)
-    return result
+    return {**stats.compare(a, b, paired=paired), "paired": paired}
+
+
+def _mean_test(r: dict) -> tuple[str, float]:
+    return ("paired t", r["paired_p"]) if r["paired"] else ("Welch t", r["welch_p"])
+
+
+def adjust_for_the_family(comparisons: dict[str, dict]) -> None:
+    """Several configs against one baseline are a family of tests: at 0.05 each, four regularizers find something by
+    chance one time in five. Holm's adjustment over the family (stats.holm) of the mean's test and of Brown-Forsythe's
+    goes into each comparison (holm_mean_p / holm_std_p, over holm_mean_m / holm_std_m defined tests); the sentences
+    decide on the adjusted p. One comparison is its own family: nothing to adjust."""
+    rs = list(comparisons.values())
+    if len(rs) < 2:
+        return
+    for key, p_of in (("mean", lambda r: _mean_test(r)[1]), ("std", lambda r: r["brown_forsythe_p"])):
+        raw = [p_of(r) for r in rs]
+        m = sum(math.isfinite(p) for p in raw)
+        for r, adjusted in zip(rs, stats.holm(raw)):
+            r[f"holm_{key}_p"], r[f"holm_{key}_m"] = adjusted, m
 
 
 def comparison_sentence(name: str, base_name: str, r: dict, summary: dict, base_summary: dict) -> str:
@@ -145,16 +165,27 @@ def comparison_sentence(name: str, base_name: str, r: dict, summary: dict, base_
     return head + "; ".join([_location(r, n), _spread(r, base_name), *counts]) + "."
 
 
+def _holm(r: dict, key: str) -> tuple[str, bool]:
+    """The Holm clause of a comparison's `key` ("mean" or "std") test, and whether the adjusted p still detects."""
+    if f"holm_{key}_p" not in r:
+        return "", True
+    adjusted = r[f"holm_{key}_p"]
+    return f", Holm-adjusted over {r[f'holm_{key}_m']} comparisons p = {_p(adjusted)}", adjusted < stats.ALPHA
+
+
 def _location(r: dict, n: str) -> str:
-    test = "paired t" if r["paired"] else "Welch t"
-    p = r["paired_p"] if r["paired"] else r["welch_p"]
+    test, p = _mean_test(r)
     diff = f"{_pts(r['mean_diff'])} points"
     if not math.isfinite(p):
         why = "every seed differs by the same amount" if r["paired"] else "no seed of either config varies"
         return f"mean {diff} ({test} undefined: {why}, {n})"
     ci = f"95% CI [{_pts(r['mean_diff_ci95_low'])}, {_pts(r['mean_diff_ci95_high'])}]"
+    holm, detects = _holm(r, "mean")
+    if p < stats.ALPHA and detects:
+        return f"mean {diff} ({ci}, {test} p = {_p(p)}{holm}, {n})"
     if p < stats.ALPHA:
-        return f"mean {diff} ({ci}, {test} p = {_p(p)}, {n})"
+        return (f"mean: no detectable difference once adjusted for the family at {n} ({diff}, {ci}, {test} "
+                f"p = {_p(p)}{holm})")
     need = _seeds_needed(r["seeds_to_detect_mean"])
     power = f"; {need} would detect a difference this size with {stats.POWER:.0%} power" if need else ""
     return f"mean: no detectable difference at {n} ({diff}, {ci}, {test} p = {_p(p)}{power})"
@@ -167,8 +198,12 @@ def _spread(r: dict, base_name: str) -> str:
     if not math.isfinite(p):
         return f"std {ratio} (Brown-Forsythe undefined: every seed of each config lies equally far from its median)"
     ci = f"95% CI [{_n(r['std_ratio_ci95_low'], 2)}, {_n(r['std_ratio_ci95_high'], 2)}]"
+    holm, detects = _holm(r, "std")
+    if p < stats.ALPHA and detects:
+        return f"std {ratio} ({ci}, Brown-Forsythe p = {_p(p)}{holm})"
     if p < stats.ALPHA:
-        return f"std {ratio} ({ci}, Brown-Forsythe p = {_p(p)})"
+        return (f"std: no detectable difference once adjusted for the family at n = {r['n_a']}/{r['n_b']} ({ratio}, "
+                f"{ci}, Brown-Forsythe p = {_p(p)}{holm})")
     # Brown-Forsythe's power has no closed form; the F test's, at normal seeds, bounds it from below.
     need = _seeds_needed(r["seeds_to_detect_std"])
     power = (f"; an F test at normal seeds needs {need} to detect a ratio this size with {stats.POWER:.0%} power, "
@@ -308,10 +343,13 @@ def _markdown(exp: Experiment, base: ConfigResults, summaries, comparisons, figu
             "baseline, < 1 is more stable) with a 95% bootstrap interval, and Brown-Forsythe and Levene tests of "
             "equal variance. Two-sided p-values; \"undefined\" where the seeds do not vary enough for the test to "
             "divide by anything. The last column is how many seeds per config would detect the observed difference "
-            f"of means (t-test) and std ratio (F test) with {stats.POWER:.0%} power.",
+            f"of means (t-test) and std ratio (F test) with {stats.POWER:.0%} power. With several configs against "
+            "the baseline, Holm's adjustment over them of the mean's test (paired t, else Welch) and of "
+            "Brown-Forsythe's keeps the chance of any false detection at 5%; the sentences below decide on it.",
             "",
             _table(["config", "n (config/baseline)", "Δ mean [95% CI]", "Welch p", "Mann-Whitney p", "paired t p",
-                    "Wilcoxon p", "std ratio [95% CI]", "Brown-Forsythe p", "Levene p", "seeds to detect (mean, std)"],
+                    "Wilcoxon p", "std ratio [95% CI]", "Brown-Forsythe p", "Levene p", "Holm p (mean, std)",
+                    "seeds to detect (mean, std)"],
                    [_comparison_row(exp.configs[cid], r) for cid, r in comparisons.items()]),
             "",
             *(f"- {r['sentence']}" for r in comparisons.values()),
@@ -413,7 +451,8 @@ def _comparison_row(c: ConfigResults, r: dict) -> list[str]:
     need = f"{_seeds(r['seeds_to_detect_mean'])}, {_seeds(r['seeds_to_detect_std'])}" if testable else "-"
     return [_cfg(c), f"{r['n_a']}/{r['n_b']}" + (" (paired)" if r["paired"] else ""), diff, p(r["welch_p"]),
             p(r["mannwhitney_p"]), p(r["paired_p"], r["paired"]), p(r["wilcoxon_p"], r["paired"]), ratio,
-            p(r["brown_forsythe_p"]), p(r["levene_p"]), need]
+            p(r["brown_forsythe_p"]), p(r["levene_p"]),
+            f"{p(r['holm_mean_p'])}, {p(r['holm_std_p'])}" if "holm_mean_p" in r else "-", need]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
