@@ -19,6 +19,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ptray.analysis.report import adjust_for_the_family, comparison_sentence
 from ptray.layout import flatten
 
 
@@ -65,7 +66,8 @@ def short_labels(configs) -> dict[str, str]:
 def summary(folder: Path) -> str:
     lines = [f"# {folder.name}: results", "",
              f"Written by `python studies/run.py {folder}` from each experiment's `report/stats.json`; the full "
-             "reports are linked.", "",
+             "reports are linked. Where a task compares several configs with its baseline, each verdict decides on "
+             "Holm's adjustment over them (the sentences are said again by the current `ptray report` code).", "",
              "| task | config | n | mean ± std | worst | ≤ majority | took |", "|---|---|---:|---|---:|---:|---:|"]
     sentences = []
     for config in sorted(folder.glob("*.yaml")):
@@ -83,13 +85,17 @@ def summary(folder: Path) -> str:
                     + (", after a resume" if timing.get("resumed") else "") + ")")
         m = s["primary_metric"]
         short = short_labels(s["configs"].values())
+        base = s["configs"][s["baseline_config_id"]]
+        # Each sentence is said again from the report's numbers by the current report code, so every task reads
+        # alike: reports written before the report adjusted for the family of comparisons (Holm) get it here too.
+        adjust_for_the_family({cid: c["comparison"] for cid, c in s["configs"].items() if c["comparison"]})
         for c in s["configs"].values():
             h = c["summary"][m]
             lines.append(f"| [{config.stem}]({config.stem}/report/report.md) | {short[c['label']]} | {h['n_ok']} | "
                          f"{h['mean']:.4f} ± {h['std']:.4f} | {h['min']:.4f} | "
                          f"{int(h['n_at_majority'])}/{h['n_seeds']} | {took} |")
             if c["comparison"]:
-                sentence = c["comparison"]["sentence"]
+                sentence = comparison_sentence(c["label"], base["label"], c["comparison"], h, base["summary"][m])
                 for long, brief in short.items():
                     sentence = sentence.replace(long, brief)
                 sentences.append(f"- **{config.stem}**: {sentence}")
