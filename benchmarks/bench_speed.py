@@ -387,8 +387,7 @@ def with_cudnn_sdp(fn, enabled: bool):
 
 
 def gpu_throughput(shape: str, folder: Path, batch: int, packs: tuple[int, ...], device: str, rounds: int, steps: int,
-                   warmup: int, peak: float, pad_multiples: tuple[int, ...] = (1, 64),
-                   overrides: tuple[str, ...] = ()) -> tuple[list[dict], list[dict]]:
+                   warmup: int, peak: float, overrides: tuple[str, ...] = ()) -> tuple[list[dict], list[dict]]:
     """Train-step and evaluation rows of one backbone: HF PEFT (bf16, fixed padding, torch's attention defaults) as the
     reference, ptray one seed as shipped, with train.pad_to_multiple_of set, with cuDNN attention back on, and seed
     packs (counted per seed-example), all in bf16 on FewGLUE RTE."""
@@ -400,7 +399,7 @@ def gpu_throughput(shape: str, folder: Path, batch: int, packs: tuple[int, ...],
     step, evaluate, backbone = ptray_step(cfg)
     train = {PEFT_TRAIN: with_cudnn_sdp(peft.step, CUDNN_SDP_DEFAULT), SHIPPED: step}
     evals = {PEFT_EVAL: with_cudnn_sdp(lambda: peft.evaluate()[1:], CUDNN_SDP_DEFAULT), SHIPPED: evaluate}
-    for m in pad_multiples:
+    for m in (1, 64):  # the longest row (the CPU default, ptray before bucketing) and the GPU default
         name = f"ptray K=1, train.pad_to_multiple_of={m}"
         train[name], evals[name], _ = ptray_step(rte(*base, f"train.pad_to_multiple_of={m}"))
     name = "ptray K=1, cuDNN SDPA re-enabled"
@@ -413,7 +412,7 @@ def gpu_throughput(shape: str, folder: Path, batch: int, packs: tuple[int, ...],
             rows(shape, interleaved(evals, rounds, 1, 1, device), PEFT_EVAL, params, 2, peak, batch=batch))
 
 
-def gpu_run(shapes: dict, device: str, tokenizer: Path, quick: bool, pad_multiples: tuple[int, ...] = (1, 64)) -> dict:
+def gpu_run(shapes: dict, device: str, tokenizer: Path, quick: bool) -> dict:
     """The GPU record: machine, bf16 matmul peak, and each shape's rows (built as a random-init backbone first)."""
     from random_backbones import build
 
@@ -429,7 +428,7 @@ def gpu_run(shapes: dict, device: str, tokenizer: Path, quick: bool, pad_multipl
             folder = build(kind, fields, Path(tmp) / shape, tokenizer, device)
             record["shapes"][shape] = {**fields, "batch": batch, "packs": list(packs)}
             train, evals = gpu_throughput(shape, folder, batch, packs, device, rounds, steps, warmup,
-                                          record["peak_bf16_gflops"], pad_multiples, overrides)
+                                          record["peak_bf16_gflops"], overrides)
             record["train"] += train
             record["eval"] += evals
             print(gpu_table(train, "train step"), gpu_table(evals, "evaluation"), sep="\n\n")

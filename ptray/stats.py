@@ -449,7 +449,7 @@ def holm(p_values: Sequence[float]) -> list[float]:
     order = finite[np.argsort(p[finite], kind="stable")]
     m = len(order)
     steps = np.minimum(1.0, (m - np.arange(m)) * p[order])
-    out[order] = np.maximum.accumulate(steps) if m else steps
+    out[order] = np.maximum.accumulate(steps)
     return [_f(x) for x in out]
 
 

@@ -9,18 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from ptray.config import TrainConfig
 from ptray.core.backbone import resolve
 
 REPO = Path(__file__).resolve().parents[1]
-# train.pad_to_multiple_of arrives with the core's padding change; until then the benchmark's variants that set it
-# cannot be built, and the rest are checked.
-PAD_MULTIPLES = (1, 64) if "pad_to_multiple_of" in TrainConfig.model_fields else ()
 
 
 @pytest.fixture(scope="module")
 def bench():
-    pytest.importorskip("peft", reason="HF PEFT (the bench extra) is the benchmark's reference")
     sys.path.insert(0, str(REPO / "benchmarks"))
     import bench_speed
 
@@ -34,11 +29,10 @@ def test_gpu_path_on_cpu(bench, data_dir, monkeypatch):
     monkeypatch.setenv("PTRAY_DATA_DIR", str(data_dir))
     # MiniLM's tokenizer files are the gpu-kit's tok/ (BERT WordPiece, vocab 30522), and installed here.
     tokenizer = Path(resolve("minilm")[0])
-    record = bench.gpu_run({"tiny": (*SHAPES["tiny"], 8, (2,))}, "cpu", tokenizer, quick=True,
-                           pad_multiples=PAD_MULTIPLES)
+    record = bench.gpu_run({"tiny": (*SHAPES["tiny"], 8, (2,))}, "cpu", tokenizer, quick=True)
     assert record["peak_bf16_gflops"] > 0 and record["machine"]["gpu"] is None
     ptray = {bench.SHIPPED, "ptray K=1, cuDNN SDPA re-enabled", "ptray seed pack K=2 (per seed-example)",
-             *(f"ptray K=1, train.pad_to_multiple_of={m}" for m in PAD_MULTIPLES)}
+             "ptray K=1, train.pad_to_multiple_of=1", "ptray K=1, train.pad_to_multiple_of=64"}
     for rows, reference in ((record["train"], bench.PEFT_TRAIN), (record["eval"], bench.PEFT_EVAL)):
         assert {r["variant"] for r in rows} == ptray | {reference}
         base = next(r for r in rows if r["variant"] == reference)
