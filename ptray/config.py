@@ -147,6 +147,12 @@ class TrainConfig(Strict):
         None, ge=1, description="Round each batch's width up to a multiple of this (at most task.max_seq_length): a "
                                 "GPU then meets a few shapes and reuses its kernels and attention plans. Unset: 64 on "
                                 "a GPU, 1 (the longest row, no rounding) on a CPU, where every padded position costs.")
+    read_loss_every: int | None = Field(
+        None, ge=1, description="Read the training losses back from the device every N steps (and at each "
+                                "evaluation) and check them for divergence then: between reads a GPU runs ahead of "
+                                "the host instead of waiting for each step's loss. A diverged seed is still recorded "
+                                "at the step its loss first went bad (it trains on, failed, until the read). Unset: "
+                                "10 on a GPU, 1 on a CPU, where a read costs nothing.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     optimizer: Literal["adamw", "adafactor"] = Field("adamw", description="Optimizer of the trainable parameters.")
     lr: float = Field(0.03, gt=0, description="Peak learning rate.")
@@ -185,6 +191,12 @@ class TrainConfig(Strict):
         if self.pad_to_multiple_of is not None:
             return self.pad_to_multiple_of
         return 64 if device_type == "cuda" else 1
+
+    def read_every(self, device_type: str) -> int:
+        """train.read_loss_every, resolved for a device type."""
+        if self.read_loss_every is not None:
+            return self.read_loss_every
+        return 10 if device_type == "cuda" else 1
 
 
 class TrackingConfig(Strict):

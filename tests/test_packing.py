@@ -154,6 +154,50 @@ def test_a_diverging_seed_fails_alone(data_dir, separate):
 
 
 @pytest.mark.slow
+def test_losses_read_every_n_steps_fail_a_seed_at_the_step_it_diverged(data_dir, separate):
+    # Seed 1's prompt breaks after its second step, so its loss goes bad at step 3. Read every 4 steps (as a GPU reads
+    # every 10), that is seen at step 4's read: it fails "at step 3" with steps 1-2 booked, as with a read every step,
+    # and the others get the numbers of their separate runs.
+    def run(read_every: int) -> Loop:
+        cfgs = [cfg_for(data_dir, s, train={"read_loss_every": read_every, "eval_every": 6}) for s in SEEDS]
+        loop = build_loop(cfgs, prepare(cfgs[0]))
+        method = loop.seeds[1].model.method
+        on_step = method.on_step
+
+        def break_after_step_2(step):
+            on_step(step)
+            if step == 2:
+                with torch.no_grad():
+                    method.prompt.fill_(float("nan"))
+
+        method.on_step = break_after_step_2
+        try:
+            loop.run()
+        finally:
+            close_engine(loop.engine)
+        return loop
+
+    every_step, every_4 = run(1), run(4)
+    for loop in (every_step, every_4):
+        assert loop.failed == {1: "loss diverged (nan) at step 3"}
+        assert [h["step"] for h in loop.seeds[1].history] == [1, 2]
+        assert loop.seeds[1].history == every_step.seeds[1].history
+        assert loop.seeds[1].examples_seen == 2 * TRAIN["grad_accum"] * TRAIN["batch_size"]
+        for i in (0, 2):
+            assert losses({"history": loop.seeds[i].history}) == losses(separate[i])
+            assert loop.seeds[i].report_metrics is not None
+    assert every_4.seeds[0].report_metrics == every_step.seeds[0].report_metrics
+
+
+def test_the_loss_read_resolves_per_device_and_is_recorded(data_dir, separate):
+    cfg = cfg_for(data_dir, 0)
+    assert cfg.train.read_loss_every is None
+    assert cfg.train.read_every("cpu") == 1 and cfg.train.read_every("cuda") == 10
+    assert cfg_for(data_dir, 0, train={"read_loss_every": 3}).train.read_every("cuda") == 3
+    assert separate[0]["environment"]["read_loss_every"] == 1
+
+
+@pytest.mark.slow
 def test_a_resumed_pack_reports_as_an_unbroken_one(data_dir, separate, tmp_path):
     # Every seed's reporter hears step 3 and stops the pack there, seed 0's saving the pack's checkpoint first; a new
     # pack resumed from it finishes as the unbroken runs did, every seed's history and best state included.

@@ -2,6 +2,9 @@
 
 One step = each training seed's own next micro-batches -> each seed's loss (+ its PTP regularizer) -> one backward of
 their sum -> each seed's gradient clipped on its own -> one optimizer step -> periodic selection eval of every seed.
+The losses stay on the device until they are read (train.read_loss_every): on a GPU the host queues steps ahead
+instead of waiting for each step's loss, and a read books every step since the last one, failing a seed at the step
+its loss first went bad.
 The seeds share the frozen backbone (ptray.core.packing.PackedModel) and the optimizer step, and nothing else: each
 keeps its own prompt, head, data order, random stream, perturbation draws, optimizer state, best checkpoint, early
 stopping, reporter and result. So on a CPU, where every seed's rows go through the backbone in their own pass, K seeds
@@ -57,20 +60,20 @@ def loss_fn(model, batch, perturbation=None, scores=None) -> torch.Tensor:
 @torch.inference_mode()
 def predict(forward, items: list[Encoded], batch_size: int, rank: int = 0, world: int = 1) -> list[list[int]]:
     """Predicted option of every item by one or more models: `forward(list of Encoded)` returns one [B, K] score
-    tensor per model (packed seeds score together). Longest first, so batches pad little; ranks share the work and
-    gather the predictions."""
+    tensor per model (packed seeds score together). Longest first, so batches pad little; the predictions stay on the
+    device until the last batch (one host sync, not one per batch); ranks share the work and gather them."""
     order = sorted(range(len(items)), key=lambda i: -sum(len(r) for r in items[i].rows))
     mine = order[rank::world]
     per_rank = math.ceil(len(order) / world)
     # Under ZeRO-3 every rank must run the same number of forwards: pad the short shard with a repeat.
     mine = mine + mine[-1:] * (per_rank - len(mine)) if mine else order[:1] * per_rank
-    preds: list[dict[int, int]] = []
+    argmaxes: list[list[torch.Tensor]] = []
     for start in range(0, len(mine), batch_size):
-        idx = mine[start : start + batch_size]
-        scores = forward([items[i] for i in idx])
-        preds = preds or [{} for _ in scores]
-        for pred, s in zip(preds, scores):
-            pred.update(zip(idx, s.argmax(-1).tolist()))
+        scores = forward([items[i] for i in mine[start : start + batch_size]])
+        argmaxes = argmaxes or [[] for _ in scores]
+        for model_argmaxes, s in zip(argmaxes, scores):
+            model_argmaxes.append(s.argmax(-1))
+    preds = [dict(zip(mine, torch.cat(a).tolist())) for a in argmaxes]
     if world > 1:
         import torch.distributed as dist
 
@@ -142,14 +145,14 @@ class SeedRun:
     def trainable_params(self) -> list[torch.nn.Parameter]:
         return [x for x in self.model.parameters() if x.requires_grad]
 
-    def book(self, step: int, losses: list[float], lr: float, metrics: dict | None, primary: str) -> bool:
-        """Record a finished step; with selection metrics, keep the best state. True: early stopping ends the seed."""
+    def book(self, step: int, losses: list[float], lr: float) -> None:
+        """Record a finished step."""
         self.steps_done = step
-        record = {"step": step, "loss": float(np.mean(losses)), "lr": lr}
-        self.history.append(record)
-        if metrics is None:
-            return False
-        record["selection"] = metrics
+        self.history.append({"step": step, "loss": float(np.mean(losses)), "lr": lr})
+
+    def select(self, step: int, metrics: dict, primary: str) -> bool:
+        """The selection metrics of the step just booked; keep the best state. True: early stopping ends the seed."""
+        self.history[-1]["selection"] = metrics
         self.patience = 0 if self.keep_if_best(step, metrics, primary) else self.patience + 1
         limit = self.cfg.train.early_stopping_patience
         return bool(limit and self.patience >= limit)
@@ -231,6 +234,9 @@ class Loop:
         # (ExperimentConfig.unpackable refuses clipped ZeRO packs) and DeepSpeed clips it (engine built with clipping).
         self.clip_per_seed = self.tc.zero_stage == 0
         self.pad_multiple = self.tc.pad_multiple(prepared.device.type)
+        self.read_every = self.tc.read_every(prepared.device.type)
+        # Steps trained but not yet booked: (step, lr, each training seed's (loss on the device, rows) per micro-batch).
+        self.unread: list[tuple[int, float, dict[int, list[tuple[torch.Tensor, int]]]]] = []
         self.max_length = seeds[0].cfg.task.max_seq_length
         self.train_seconds = self.eval_seconds = 0.0
 
@@ -255,22 +261,21 @@ class Loop:
         while step < self.total and self.active():
             t_start = time.perf_counter()
             self.engine.train()
-            losses: dict[int, list[float]] = {i: [] for i in self.active()}
+            losses: dict[int, list[tuple[torch.Tensor, int]]] = {i: [] for i in self.active()}
             for _ in range(tc.grad_accum):
-                self.micro_step([next(o) if self.training[i] else [] for i, o in enumerate(orders)], step + 1, losses)
+                self.micro_step([next(o) if self.training[i] else [] for i, o in enumerate(orders)], losses)
             step += 1
             for i in self.active():
                 self.seeds[i].model.method.on_step(step)
-            self.train_seconds += time.perf_counter() - t_start
-            bar.update(1)
-            live = [np.mean(v) for v in losses.values() if v]
-            if live:
-                bar.set_postfix(loss=f"{np.mean(live):.4f}")
+            self.unread.append((step, self.engine.get_lr()[0], losses))
             due = step % tc.eval_every == 0 or step == self.total
+            if due or step % self.read_every == 0:
+                self.read_losses(bar)
+            self.train_seconds += time.perf_counter() - t_start  # a read waits for the device: its time is training's
+            bar.update(1)
             metrics = self.evaluate("selection", self.active()) if due else {}
-            lr = self.engine.get_lr()[0]
-            for i in self.active():
-                if self.seeds[i].book(step, losses[i], lr, metrics.get(i), self.p.task.primary_metric):
+            for i, m in metrics.items():
+                if self.seeds[i].select(step, m, self.p.task.primary_metric):
                     self.training[i] = False
             # The reporters hear the step once every seed has booked it, so a checkpoint saved now holds them all.
             for i, m in metrics.items():
@@ -290,44 +295,58 @@ class Loop:
         for i in done:
             self.seeds[i].finish(report[i])
 
-    def micro_step(self, indices: list[list[int]], step: int, losses: dict[int, list[float]]) -> None:
+    def micro_step(self, indices: list[list[int]], losses: dict[int, list[tuple[torch.Tensor, int]]]) -> None:
         """Each seed's micro-batch (indices into the train split; empty for a seed that no longer trains)."""
         items = self.data["train"]
-        self.micro_step_on([self.batch([items[j] for j in idx]) if idx else None for idx in indices], step, losses)
+        self.micro_step_on([self.batch([items[j] for j in idx]) if idx else None for idx in indices], losses)
 
-    def micro_step_on(self, batches: list[dict[str, torch.Tensor] | None], step: int,
-                      losses: dict[int, list[float]]) -> None:
+    def micro_step_on(self, batches: list[dict[str, torch.Tensor] | None],
+                      losses: dict[int, list[tuple[torch.Tensor, int]]]) -> None:
+        """Forward, backward and optimizer step of the seeds' batches (None: a seed that no longer trains); each seed's
+        loss goes to `losses` unread, with its batch's examples."""
         scores = self.engine(batches)
-        seed_losses: dict[int, torch.Tensor] = {}
+        total = None
         for i, (s, batch) in enumerate(zip(scores, batches)):
             if s is not None:
                 with self.seeds[i].stream.active():  # a perturbation's passes draw dropout from the seed's stream
-                    seed_losses[i] = loss_fn(self.seeds[i].model, batch, self.seeds[i].perturbation, scores=s)
-        # One host sync for the whole pack (a GPU stalls at each), not one per seed.
-        values = torch.stack([x.detach().float() for x in seed_losses.values()]).tolist() if seed_losses else []
-        total = None
-        for (i, loss), value in zip(seed_losses.items(), values):
-            try:
-                check_loss(value, step, self.tc.max_loss)
-            except Diverged as e:
-                self.fail(i, str(e))
-                continue
-            losses[i].append(value)
-            self.seeds[i].examples_seen += batches[i]["labels"].shape[0] * self.world
-            total = loss if total is None else total + loss
-        if total is None:  # every seed has failed
+                    loss = loss_fn(self.seeds[i].model, batch, self.seeds[i].perturbation, scores=s)
+                losses[i].append((loss.detach(), batch["labels"].shape[0]))
+                total = loss if total is None else total + loss
+        if total is None:
             return
+        # A seed whose loss went bad since the last read backpropagates it too: a NaN stays in that seed's own rows
+        # and parameters (no frozen weight takes a gradient), so the other seeds train on as they would alone.
         self.engine.backward(total)
-        if self.clip_per_seed:
-            for i in self.failed:  # a failed seed's rows may have shared a pass: its (NaN) gradient must not be applied
-                for x in self.seeds[i].trainable_params():
-                    x.grad = None
-            if self.tc.max_grad_norm is not None and self.engine.is_gradient_accumulation_boundary():
-                from deepspeed.runtime.utils import clip_grad_norm_
-
-                for i in self.active():  # DeepSpeed's own clipping, applied to one seed's gradients at a time
-                    clip_grad_norm_(self.seeds[i].trainable_params(), self.tc.max_grad_norm)
+        if self.clip_per_seed and self.tc.max_grad_norm is not None and self.engine.is_gradient_accumulation_boundary():
+            for i in self.active():  # each seed's gradient clipped on its own; torch's clipping needs no host sync
+                torch.nn.utils.clip_grad_norm_(self.seeds[i].trainable_params(), self.tc.max_grad_norm)
         self.engine.step()
+
+    def read_losses(self, bar=None) -> None:
+        """Book every unread step: one host sync reads all their losses. A seed whose loss went bad (NaN, inf, above
+        train.max_loss) fails at that step, and its later steps are not booked."""
+        unread, self.unread = self.unread, []
+        flat = [loss for _, _, losses in unread for entries in losses.values() for loss, _ in entries]
+        values = iter(torch.stack([x.float() for x in flat]).tolist() if flat else [])
+        booked: list[float] = []
+        for step, lr, losses in unread:
+            booked = []
+            for i, entries in losses.items():
+                seed_values = [next(values) for _ in entries]
+                if i in self.failed:
+                    continue
+                try:
+                    for value in seed_values:
+                        check_loss(value, step, self.tc.max_loss)
+                except Diverged as e:
+                    self.fail(i, str(e))
+                    continue
+                seed = self.seeds[i]
+                seed.examples_seen += sum(rows for _, rows in entries) * self.world
+                seed.book(step, seed_values, lr)
+                booked.append(seed.history[-1]["loss"])
+        if bar is not None and booked:
+            bar.set_postfix(loss=f"{np.mean(booked):.4f}")
 
     def evaluate(self, role: str, which: list[int]) -> dict[int, dict]:
         """Metrics of the seeds `which` on a split; every eval batch runs once for all of them."""
@@ -350,7 +369,11 @@ class Loop:
         return self.to_device(collate(items, self.pad_id, self.pad_multiple, self.max_length))
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.engine.device) for k, v in batch.items()}
+        if self.engine.device.type != "cuda":
+            return {k: v.to(self.engine.device) for k, v in batch.items()}
+        # From pageable memory a copy to a GPU waits for the GPU to finish its queue (a host sync per tensor); from
+        # pinned memory it is queued like a kernel.
+        return {k: v.pin_memory().to(self.engine.device, non_blocking=True) for k, v in batch.items()}
 
     def fail(self, i: int, reason: str) -> None:
         self.training[i] = False

@@ -230,8 +230,9 @@ def new_result(cfg: ExperimentConfig, p: Prepared) -> dict:
         "primary_metric": p.task.primary_metric,
         "majority_baseline": p.task.majority_baseline(p.report),
         "warnings": p.warnings,
-        # The padding rounding is resolved per device, so it is recorded with the device.
-        "environment": {**environment(p.device), "pad_to_multiple_of": cfg.train.pad_multiple(p.device.type)},
+        # The padding rounding and the loss reads are resolved per device, so they are recorded with the device.
+        "environment": {**environment(p.device), "pad_to_multiple_of": cfg.train.pad_multiple(p.device.type),
+                        "read_loss_every": cfg.train.read_every(p.device.type)},
         "config": cfg.to_dict(),
     }
 
