@@ -30,6 +30,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -130,11 +132,13 @@ def eval_positions(items, batch_size: int, prompt_len: int, copies: int = 1) -> 
     return copies * sum(positions(order[s : s + batch_size], prompt_len) for s in range(0, len(order), batch_size))
 
 
-def ptray_step(cfg, fixed: int | None = None, compile_backbone: bool = False):
+def ptray_step(cfg, fixed: int | None = None, compile_backbone: bool = False, read_loss: bool = False):
     """ptray's train step (Loop.micro_step: the loop's own padding, forward, fp32 loss, DeepSpeed backward and optimizer
     step) of one seed on the config's own training batches; `fixed` pads each batch to that width instead;
-    compile_backbone runs the backbone under torch.compile (dynamic shapes). Positions count the longest row's width
-    (train.pad_to_multiple_of's rounding on a GPU is not in them, so the GPU table shows no padding share)."""
+    compile_backbone runs the backbone under torch.compile (dynamic shapes); read_loss reads the loss back each step
+    (as the loop did before train.read_loss_every; the shipped loop reads every 10 steps on a GPU, and the timing here
+    waits for the GPU every few steps). Positions count the longest row's width (train.pad_to_multiple_of's rounding
+    on a GPU is not in them, so the GPU table shows no padding share)."""
     from ptray.core.data import collate
     from ptray.core.train import build_loop, prepare
 
@@ -148,10 +152,13 @@ def ptray_step(cfg, fixed: int | None = None, compile_backbone: bool = False):
         idx = next(order)
         chosen = [items[i] for i in idx]
         loop.engine.train()
+        losses = {0: []}
         if fixed:
-            loop.micro_step_on([loop.to_device(pad_to(collate(chosen, loop.pad_id), fixed, loop.pad_id))], 1, {0: []})
+            loop.micro_step_on([loop.to_device(pad_to(collate(chosen, loop.pad_id), fixed, loop.pad_id))], losses)
         else:
-            loop.micro_step([idx], 1, {0: []})
+            loop.micro_step([idx], losses)
+        if read_loss:
+            losses[0][0][0].item()
         return len(chosen), row_tokens(chosen, prompt_len), positions(chosen, prompt_len, fixed)
 
     report = loop.data["report"]
@@ -177,7 +184,7 @@ def packed_step(cfg, k: int):
     def step() -> tuple[int, int, int]:
         idx = [next(o) for o in orders]
         loop.engine.train()
-        loop.micro_step(idx, 1, {i: [] for i in range(k)})
+        loop.micro_step(idx, {i: [] for i in range(k)})
         chosen = [[items[j] for j in ix] for ix in idx]
         return (sum(map(len, chosen)), sum(row_tokens(c, prompt_len) for c in chosen),
                 sum(positions(c, prompt_len) for c in chosen))
@@ -369,6 +376,7 @@ def eval_throughput(model_name: str, rounds: int, peak: float) -> list[dict]:
 GPU_SHAPES = {"tiny": (8, (4, 16)), "135m": (8, (4, 16)), "1.1b": (32, (4,))}
 PEFT_TRAIN, PEFT_EVAL = "HF PEFT, bf16, fixed padding 256", "HF PEFT, bf16, fixed padding 256, batch 8, no_grad"
 SHIPPED = "ptray K=1, as shipped"
+READ_EACH_STEP, FUSED_ADAMW = "ptray K=1, loss read every step", "ptray K=1, fused AdamW"
 CUDNN_SDP_DEFAULT = torch.backends.cuda.cudnn_sdp_enabled()  # torch's own, before ptray's core switches it off
 
 
@@ -386,11 +394,43 @@ def with_cudnn_sdp(fn, enabled: bool):
     return call
 
 
+@contextmanager
+def fused_adamw():
+    """ptray's engine meanwhile builds its AdamW with torch's fused kernel (one launch for all the prompt's tensors;
+    torch's default on a GPU is the foreach implementation)."""
+    from ptray.core import engine
+
+    build = engine.build_optimizer
+    engine.build_optimizer = lambda params, cfg: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                                                   fused=True)
+    try:
+        yield
+    finally:
+        engine.build_optimizer = build
+
+
+def host_syncs(fn, device: str) -> tuple[int | None, list[str]]:
+    """How often one call of fn makes the host wait for the GPU, and where (file:line of the Python call that did it):
+    torch's sync debug mode warns at each synchronizing CUDA call. (None, []) off a GPU."""
+    if device != "cuda":
+        return None, []
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fn()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    sites = [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchronizing" in str(w.message)]
+    return len(sites), sorted(set(sites))
+
+
 def gpu_throughput(shape: str, folder: Path, batch: int, packs: tuple[int, ...], device: str, rounds: int, steps: int,
                    warmup: int, peak: float, overrides: tuple[str, ...] = ()) -> tuple[list[dict], list[dict]]:
     """Train-step and evaluation rows of one backbone: HF PEFT (bf16, fixed padding, torch's attention defaults) as the
     reference, ptray one seed as shipped, with train.pad_to_multiple_of set, with cuDNN attention back on, and seed
-    packs (counted per seed-example), all in bf16 on FewGLUE RTE."""
+    packs (counted per seed-example), all in bf16 on FewGLUE RTE; for the train step also ptray reading its loss each
+    step and ptray with fused AdamW. Each row also counts the host syncs of one more call (host_syncs)."""
     base = [f"model.name={folder}", f"model.device={device}", "model.dtype=bf16", f"train.batch_size={batch}",
             *overrides]
     cfg = rte(*base)
@@ -404,12 +444,19 @@ def gpu_throughput(shape: str, folder: Path, batch: int, packs: tuple[int, ...],
         train[name], evals[name], _ = ptray_step(rte(*base, f"train.pad_to_multiple_of={m}"))
     name = "ptray K=1, cuDNN SDPA re-enabled"
     train[name], evals[name] = with_cudnn_sdp(step, True), with_cudnn_sdp(evaluate, True)
+    train[READ_EACH_STEP] = ptray_step(cfg, read_loss=True)[0]
+    with fused_adamw():
+        train[FUSED_ADAMW] = ptray_step(cfg)[0]
     for k in packs:
         name = f"ptray seed pack K={k} (per seed-example)"
         train[name], evals[name] = packed_step(cfg, k)
     params = non_embedding_params(backbone)
-    return (rows(shape, interleaved(train, rounds, steps, warmup, device), PEFT_TRAIN, params, 4, peak, batch=batch),
-            rows(shape, interleaved(evals, rounds, 1, 1, device), PEFT_EVAL, params, 2, peak, batch=batch))
+    train_rows = rows(shape, interleaved(train, rounds, steps, warmup, device), PEFT_TRAIN, params, 4, peak, batch=batch)
+    eval_rows = rows(shape, interleaved(evals, rounds, 1, 1, device), PEFT_EVAL, params, 2, peak, batch=batch)
+    for found, variants in ((train_rows, train), (eval_rows, evals)):
+        for r in found:
+            r["host_syncs"], r["sync_sites"] = host_syncs(variants[r["variant"]], device)
+    return train_rows, eval_rows
 
 
 def gpu_run(shapes: dict, device: str, tokenizer: Path, quick: bool) -> dict:
@@ -437,12 +484,21 @@ def gpu_run(shapes: dict, device: str, tokenizer: Path, quick: bool) -> dict:
 
 def gpu_table(rows: list[dict], kind: str) -> str:
     lines = [f"| backbone, batch | {kind} | examples/s | non-padding tokens/s | x HF PEFT | useful FLOPs / bf16 peak | "
-             "peak memory GiB |", "|---|---|---:|---:|---:|---:|---:|"]
+             "peak memory GiB | host syncs per call |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         memory = "-" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f}"
+        syncs = "-" if r.get("host_syncs") is None else r["host_syncs"]
         lines.append(f"| {r['model']}, {r['batch']} | {r['variant']} | {r['examples_per_s']:.1f} | "
-                     f"{r['tokens_per_s']:.0f} | {r['speedup']:.2f} | {100 * r['utilisation']:.1f}% | {memory} |")
+                     f"{r['tokens_per_s']:.0f} | {r['speedup']:.2f} | {100 * r['utilisation']:.1f}% | {memory} | "
+                     f"{syncs} |")
     return "\n".join(lines)
+
+
+def sync_sites(gpu: dict) -> list[str]:
+    """Where ptray's shipped train step and evaluation still make the host wait (torch's sync debug mode)."""
+    return [f"- {r['model']}, {kind}: {r['host_syncs']} ({', '.join(r['sync_sites']) or 'none'})"
+            for key, kind in (("train", "train step"), ("eval", "evaluation")) for r in gpu[key]
+            if r["variant"] == SHIPPED and r.get("host_syncs") is not None]
 
 
 def gpu_targets(gpu: dict) -> str:
@@ -493,6 +549,10 @@ def gpu_section(gpu: dict | None) -> list[str]:
              "non-padding token)", "", gpu_table(gpu["train"], "train step"), "",
              "### Evaluation (SuperGLUE RTE val, 277 examples; 2 x parameters per token)", "",
              gpu_table(gpu["eval"], "evaluation")]
+    sites = sync_sites(gpu)
+    if sites:
+        parts += ["", "### Host syncs left in ptray's shipped train step and evaluation (torch.cuda.set_sync_debug_mode; "
+                  "file:line of the Python call)", "", *sites]
     if gpu.get("first_steps"):
         parts += ["", "### First steps of experiments/gpu_*.yaml (`ptray train`, random-init backbones of the same "
                   "architecture)", "", "| config | backbone | status | steps | s per step (first included) | load s | "
