@@ -132,18 +132,47 @@ def eval_positions(items, batch_size: int, prompt_len: int, copies: int = 1) -> 
     return copies * sum(positions(order[s : s + batch_size], prompt_len) for s in range(0, len(order), batch_size))
 
 
-def ptray_step(cfg, fixed: int | None = None, compile_backbone: bool = False, read_loss: bool = False):
+class TorchEngine:
+    """The calls the loop makes of its DeepSpeed engine, made to torch directly (the same model, AdamW and schedule;
+    ZeRO-0, one process, no accumulation): what the engine itself costs per step."""
+
+    def __init__(self, engine):
+        self.module, self.optimizer, self.scheduler = engine.module, engine.optimizer, engine.lr_scheduler
+        self.device = engine.device
+
+    def __call__(self, batches):
+        return self.module(batches)
+
+    def train(self) -> None:
+        self.module.train()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def is_gradient_accumulation_boundary(self) -> bool:
+        return True
+
+    def step(self) -> None:
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def ptray_step(cfg, fixed: int | None = None, compile_backbone: bool = False, read_loss: bool = False,
+               bare: bool = False):
     """ptray's train step (Loop.micro_step: the loop's own padding, forward, fp32 loss, DeepSpeed backward and optimizer
     step) of one seed on the config's own training batches; `fixed` pads each batch to that width instead;
     compile_backbone runs the backbone under torch.compile (dynamic shapes); read_loss reads the loss back each step
     (as the loop did before train.read_loss_every; the shipped loop reads every 10 steps on a GPU, and the timing here
-    waits for the GPU every few steps). Positions count the longest row's width (train.pad_to_multiple_of's rounding
+    waits for the GPU every few steps); bare bypasses the DeepSpeed engine (TorchEngine). Positions count the longest row's width (train.pad_to_multiple_of's rounding
     on a GPU is not in them, so the GPU table shows no padding share)."""
     from ptray.core.data import collate
     from ptray.core.train import build_loop, prepare
 
     loop = build_loop([cfg], prepare(cfg))
     seed = loop.seeds[0]
+    if bare:
+        loop.engine = TorchEngine(loop.engine)
     if compile_backbone:
         seed.model.backbone = torch.compile(seed.model.backbone, dynamic=True)
     order, items, prompt_len = seed.batch_order(loop.data["train"]), loop.data["train"], cfg.method.num_tokens
@@ -377,6 +406,7 @@ GPU_SHAPES = {"tiny": (8, (4, 16)), "135m": (8, (4, 16)), "1.1b": (32, (4,))}
 PEFT_TRAIN, PEFT_EVAL = "HF PEFT, bf16, fixed padding 256", "HF PEFT, bf16, fixed padding 256, batch 8, no_grad"
 SHIPPED = "ptray K=1, as shipped"
 READ_EACH_STEP, FUSED_ADAMW = "ptray K=1, loss read every step", "ptray K=1, fused AdamW"
+NO_DEEPSPEED = "ptray K=1, DeepSpeed engine bypassed (torch backward and AdamW step)"
 CUDNN_SDP_DEFAULT = torch.backends.cuda.cudnn_sdp_enabled()  # torch's own, before ptray's core switches it off
 
 
@@ -430,7 +460,7 @@ def gpu_throughput(shape: str, folder: Path, batch: int, packs: tuple[int, ...],
     """Train-step and evaluation rows of one backbone: HF PEFT (bf16, fixed padding, torch's attention defaults) as the
     reference, ptray one seed as shipped, with train.pad_to_multiple_of set, with cuDNN attention back on, and seed
     packs (counted per seed-example), all in bf16 on FewGLUE RTE; for the train step also ptray reading its loss each
-    step and ptray with fused AdamW. Each row also counts the host syncs of one more call (host_syncs)."""
+    step, with fused AdamW and with the DeepSpeed engine bypassed. Each row also counts the host syncs of one more call (host_syncs)."""
     base = [f"model.name={folder}", f"model.device={device}", "model.dtype=bf16", f"train.batch_size={batch}",
             *overrides]
     cfg = rte(*base)
@@ -447,6 +477,7 @@ def gpu_throughput(shape: str, folder: Path, batch: int, packs: tuple[int, ...],
     train[READ_EACH_STEP] = ptray_step(cfg, read_loss=True)[0]
     with fused_adamw():
         train[FUSED_ADAMW] = ptray_step(cfg)[0]
+    train[NO_DEEPSPEED] = ptray_step(cfg, bare=True)[0]
     for k in packs:
         name = f"ptray seed pack K={k} (per seed-example)"
         train[name], evals[name] = packed_step(cfg, k)

@@ -12,13 +12,13 @@
 #
 # Expected on one H200 (the kit's run of 2026-11-30: a backbone builds in ~4 s, a 1.1B batch-32 step takes ~0.1 s):
 #   install the kit's wheels                               ~10 s
-#   bench, 135M: build 5 s, 6 loads 15 s, train turns (warm-up 2 + 3 rounds x 3 steps of 7 variants) ~20 s,
-#                evaluation turns (277 examples, 3 rounds) ~30 s                                     ~1.2 min
-#   bench, 1.1B: build 5 s, 5 loads 20 s, train turns ~20 s, evaluation turns ~40 s                  ~1.5 min
-#   bench total with imports and the matmul peak                                                      ~3.5 min
+#   bench, 135M: build 5 s, 9 loads 25 s, train turns (warm-up 2 + 3 rounds x 3 steps of 10 variants) ~30 s,
+#                evaluation turns (277 examples, 3 rounds) ~30 s, host-sync counts (one call each) ~5 s  ~1.6 min
+#   bench, 1.1B: build 5 s, 8 loads 30 s, train turns ~30 s, evaluation turns ~40 s, syncs ~5 s       ~1.9 min
+#   bench total with imports and the matmul peak                                                      ~4.3 min
 #   configs: llama-8b ZeRO-3 (16 GB written and read back) ~1.5 min; roberta-large, t5-base, t5-large ~30 s each;
 #            a fresh process each (imports ~10 s)                                                     ~3.5 min
-# all: ~7 min, so under the 10-minute command limit; if the first call's start-up was slow, run `bench` and
+# all: ~8 min, so under the 10-minute command limit; if the first call's start-up was slow, run `bench` and
 # `configs` as two calls instead.
 set -uo pipefail  # not -e: a config that fails is recorded (its rc), and the next one still runs
 
