@@ -25,6 +25,7 @@ from ptray.config import ConfigError, ExperimentConfig
 from ptray.config_view import as_text
 from ptray.core import backbone as bb
 from ptray.core.data import Encoded, Encoder, sample_per_class
+from ptray.core.engine import init_distributed
 from ptray.core.loop import Loop, Reporter, SeedRun
 from ptray.core.methods.base import BackboneInfo
 from ptray.core.model import PromptModel
@@ -191,6 +192,9 @@ def build_loop(cfgs: list[ExperimentConfig], p: Prepared, outs: list[Path | None
     outs = outs or [None] * len(cfgs)
     reporters = reporters or [None] * len(cfgs)
     tc = cfgs[0].train
+    # The process group first: launched from the environment (torchrun, the deepspeed launcher) it does not exist yet,
+    # and this rank's place in it decides the data shard and the step count below.
+    init_distributed(p.device)
     # Seeds in one process share the frozen backbone; ZeRO-3 partitions the weights it is given, so a pack under
     # ZeRO-3 gets its own copy (shared by its seeds).
     backbone = bb.load_backbone(cfgs[0].model, reuse=tc.zero_stage < 3)
