@@ -3,13 +3,15 @@ and real data: on a CPU K packed seeds give exactly the numbers of K separate ru
 method, PTP regularizer, dropout and ZeRO stage; on a GPU's joint backbone pass each seed still gets its own gradient;
 a failing seed fails alone; a pack resumes as an unbroken one; bad packs are refused before any weights load."""
 import json
+import multiprocessing
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, tiny_config
+from conftest import REPO, free_port, tiny_config
 from ptray.config import ConfigError, config_from_dict, load_config
 from ptray.core import backbone as bb
 from ptray.core.data import Encoder, collate
@@ -187,6 +189,42 @@ def test_losses_read_every_n_steps_fail_a_seed_at_the_step_it_diverged(data_dir,
             assert losses({"history": loop.seeds[i].history}) == losses(separate[i])
             assert loop.seeds[i].report_metrics is not None
     assert every_4.seeds[0].report_metrics == every_step.seeds[0].report_metrics
+
+
+def _rank_with_a_broken_prompt(rank: int, port: int, data_dir: str, out: str) -> None:
+    """One of two gloo ranks training one seed (ZeRO-0, real DeepSpeed engines); rank 1's prompt breaks after the
+    engines' initial broadcast, so only its loss is NaN at step 1."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    cfg = cfg_for(Path(data_dir), 0)
+    loop = build_loop([cfg], prepare(cfg))
+    if rank == 1:
+        with torch.no_grad():
+            loop.seeds[0].model.method.prompt.fill_(float("nan"))
+    try:
+        loop.run()
+    finally:
+        close_engine(loop.engine)
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps({"failed": loop.failed, "steps": loop.seeds[0].steps_done}))
+
+
+@pytest.mark.slow
+def test_ranks_fail_a_seed_at_the_same_step(data_dir, tmp_path):
+    # Each rank reads the mean of the ranks' losses: rank 1's NaN fails the seed on both ranks at step 1. (Read alone,
+    # rank 0's finite loss would train on into a collective that rank 1 never joins.)
+    ctx = multiprocessing.get_context("spawn")
+    port = free_port()
+    ranks = [ctx.Process(target=_rank_with_a_broken_prompt, args=(r, port, str(data_dir), str(tmp_path)))
+             for r in (0, 1)]
+    for r in ranks:
+        r.start()
+    for r in ranks:
+        r.join(timeout=300)
+    assert [r.exitcode for r in ranks] == [0, 0]
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {
+            "failed": {"0": "loss diverged (nan) at step 1"}, "steps": 0}
 
 
 def test_the_loss_read_resolves_per_device_and_is_recorded(data_dir, separate):

@@ -324,10 +324,18 @@ class Loop:
 
     def read_losses(self, bar=None) -> None:
         """Book every unread step: one host sync reads all their losses. A seed whose loss went bad (NaN, inf, above
-        train.max_loss) fails at that step, and its later steps are not booked."""
+        train.max_loss) fails at that step, and its later steps are not booked. With several ranks a loss is the mean
+        over the ranks' micro-batches: every rank then fails a seed at the same step (a rank that stopped a seed alone
+        would leave the others waiting in its collectives)."""
         unread, self.unread = self.unread, []
         flat = [loss for _, _, losses in unread for entries in losses.values() for loss, _ in entries]
-        values = iter(torch.stack([x.float() for x in flat]).tolist() if flat else [])
+        stacked = torch.stack([x.float() for x in flat]) if flat else None
+        if stacked is not None and self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(stacked)  # a NaN or inf on any rank stays one in the sum
+            stacked /= self.world
+        values = iter(stacked.tolist() if stacked is not None else [])
         booked: list[float] = []
         for step, lr, losses in unread:
             booked = []
