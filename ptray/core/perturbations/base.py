@@ -61,7 +61,9 @@ class Perturbation:
         """[R, T] bool: input tokens a text perturbation may change: real (not padding), not special, not an answer
         (the target tokens of causal multiple choice). The prompt and seq2seq targets are not in input_ids at all."""
         ids = batch["input_ids"]
-        ok = batch["attention_mask"].bool() & ~torch.isin(ids, self.special_ids.to(ids.device))
+        if self.special_ids.device != ids.device:  # moved once: a copy from pageable memory waits for the GPU
+            self.special_ids = self.special_ids.to(ids.device)
+        ok = batch["attention_mask"].bool() & ~torch.isin(ids, self.special_ids)
         if "target_mask" in batch:
             ok &= ~batch["target_mask"]
         return ok
