@@ -158,11 +158,11 @@ class TorchEngine:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def ptray_step(cfg, fixed: int | None = None, compile_backbone: bool = False, read_loss: bool = False,
+def ptray_step(cfg, fixed: int | None = None, compile_backbone: dict | None = None, read_loss: bool = False,
                bare: bool = False):
     """ptray's train step (Loop.micro_step: the loop's own padding, forward, fp32 loss, DeepSpeed backward and optimizer
     step) of one seed on the config's own training batches; `fixed` pads each batch to that width instead;
-    compile_backbone runs the backbone under torch.compile (dynamic shapes); read_loss reads the loss back each step
+    compile_backbone runs the backbone's pass under torch.compile with these options; read_loss reads the loss back each step
     (as the loop did before train.read_loss_every; the shipped loop reads every 10 steps on a GPU, and the timing here
     waits for the GPU every few steps); bare bypasses the DeepSpeed engine (TorchEngine). Positions count the longest row's width (train.pad_to_multiple_of's rounding
     on a GPU is not in them, so the GPU table shows no padding share)."""
@@ -174,7 +174,12 @@ def ptray_step(cfg, fixed: int | None = None, compile_backbone: bool = False, re
     if bare:
         loop.engine = TorchEngine(loop.engine)
     if compile_backbone:
-        seed.model.backbone = torch.compile(seed.model.backbone, dynamic=True)
+        # The family's scoring of the prompted rows (the backbone's pass and what reads it), which a seed's own forward
+        # and a pack's joint pass both call by name: compiled on this model only (the backbone object is shared by
+        # every variant in the process).
+        model = seed.model
+        name = "pooled" if model.family == "encoder" else f"_{model.family}"
+        setattr(model, name, torch.compile(getattr(model, name), **compile_backbone))
     order, items, prompt_len = seed.batch_order(loop.data["train"]), loop.data["train"], cfg.method.num_tokens
 
     def step() -> tuple[int, int, int]:
@@ -378,7 +383,7 @@ def train_throughput(model_name: str, rounds: int, steps: int, peak: float, extr
         for k in (2, 5):
             variants[f"ptray, bf16, grouped, seed packing K={k}"] = packed_step(cfg16, k)[0]
     if compile_backbone:
-        compiled = ptray_step(cfg16, compile_backbone=True)[0]
+        compiled = ptray_step(cfg16, compile_backbone={"dynamic": True})[0]
         t0 = time.perf_counter()
         compiled()
         variants[f"ptray, bf16, grouped, torch.compile (first step {time.perf_counter() - t0:.0f} s)"] = compiled
@@ -405,6 +410,8 @@ def eval_throughput(model_name: str, rounds: int, peak: float) -> list[dict]:
 GPU_SHAPES = {"tiny": (8, (4, 16)), "135m": (8, (4, 16)), "1.1b": (32, (4,))}
 PEFT_TRAIN, PEFT_EVAL = "HF PEFT, bf16, fixed padding 256", "HF PEFT, bf16, fixed padding 256, batch 8, no_grad"
 SHIPPED = "ptray K=1, as shipped"
+# Steps the compiled GPU variant takes before timing: enough batches to meet RTE's bucketed widths (64 to 256).
+COMPILE_WARMUP = 16
 READ_EACH_STEP, FUSED_ADAMW = "ptray K=1, loss read every step", "ptray K=1, fused AdamW"
 NO_DEEPSPEED = "ptray K=1, DeepSpeed engine bypassed (torch backward and AdamW step)"
 CUDNN_SDP_DEFAULT = torch.backends.cuda.cudnn_sdp_enabled()  # torch's own, before ptray's core switches it off
@@ -455,12 +462,29 @@ def host_syncs(fn, device: str) -> tuple[int | None, list[str]]:
     return len(sites), sorted(set(sites))
 
 
+def compiled_step(cfg, warmup: int):
+    """ptray's step with the backbone under torch.compile for a GPU: static shapes (the widths are bucketed to
+    multiples of 64, so a few graphs cover every batch) and CUDA graphs (mode reduce-overhead); `warmup` steps compile
+    them before any timing. Returns the step and the variant's name (with the warm-up's seconds), or None and why not
+    when compiling fails: the rest of the run goes on."""
+    try:
+        step = ptray_step(cfg, compile_backbone={"dynamic": False, "mode": "reduce-overhead"})[0]
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            step()
+    except Exception as e:  # noqa: BLE001 - a compiler failure is a finding of this run, not the end of it
+        return None, f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return step, f"ptray K=1, backbone under torch.compile (static widths, CUDA graphs; {warmup} warm-up steps " \
+                 f"{time.perf_counter() - t0:.0f} s)"
+
+
 def gpu_throughput(shape: str, folder: Path, batch: int, packs: tuple[int, ...], device: str, rounds: int, steps: int,
-                   warmup: int, peak: float, overrides: tuple[str, ...] = ()) -> tuple[list[dict], list[dict]]:
+                   warmup: int, peak: float, overrides: tuple[str, ...] = (),
+                   compile_warmup: int = 0) -> tuple[list[dict], list[dict]]:
     """Train-step and evaluation rows of one backbone: HF PEFT (bf16, fixed padding, torch's attention defaults) as the
     reference, ptray one seed as shipped, with train.pad_to_multiple_of set, with cuDNN attention back on, and seed
     packs (counted per seed-example), all in bf16 on FewGLUE RTE; for the train step also ptray reading its loss each
-    step, with fused AdamW and with the DeepSpeed engine bypassed. Each row also counts the host syncs of one more call (host_syncs)."""
+    step, with fused AdamW, with the DeepSpeed engine bypassed and (compile_warmup > 0) under torch.compile. Each row also counts the host syncs of one more call (host_syncs)."""
     base = [f"model.name={folder}", f"model.device={device}", "model.dtype=bf16", f"train.batch_size={batch}",
             *overrides]
     cfg = rte(*base)
@@ -478,6 +502,13 @@ def gpu_throughput(shape: str, folder: Path, batch: int, packs: tuple[int, ...],
     with fused_adamw():
         train[FUSED_ADAMW] = ptray_step(cfg)[0]
     train[NO_DEEPSPEED] = ptray_step(cfg, bare=True)[0]
+    if compile_warmup:
+        # Widths bucketed as on a GPU by default (a CPU run of this code path rounds them too).
+        compiled, name = compiled_step(rte(*base, "train.pad_to_multiple_of=64"), compile_warmup)
+        if compiled is None:
+            print(name)
+        else:
+            train[name] = compiled
     for k in packs:
         name = f"ptray seed pack K={k} (per seed-example)"
         train[name], evals[name] = packed_step(cfg, k)
@@ -490,8 +521,9 @@ def gpu_throughput(shape: str, folder: Path, batch: int, packs: tuple[int, ...],
     return train_rows, eval_rows
 
 
-def gpu_run(shapes: dict, device: str, tokenizer: Path, quick: bool) -> dict:
-    """The GPU record: machine, bf16 matmul peak, and each shape's rows (built as a random-init backbone first)."""
+def gpu_run(shapes: dict, device: str, tokenizer: Path, quick: bool, compile_warmup: int = 0) -> dict:
+    """The GPU record: machine, bf16 matmul peak, and each shape's rows (built as a random-init backbone first); with
+    compile_warmup, also the step under torch.compile (compiled_step)."""
     from random_backbones import build
 
     record = {"machine": machine(), "peak_bf16_gflops": matmul_gflops(torch.bfloat16, 8192 if device == "cuda" else
@@ -506,7 +538,7 @@ def gpu_run(shapes: dict, device: str, tokenizer: Path, quick: bool) -> dict:
             folder = build(kind, fields, Path(tmp) / shape, tokenizer, device)
             record["shapes"][shape] = {**fields, "batch": batch, "packs": list(packs)}
             train, evals = gpu_throughput(shape, folder, batch, packs, device, rounds, steps, warmup,
-                                          record["peak_bf16_gflops"], overrides)
+                                          record["peak_bf16_gflops"], overrides, compile_warmup)
             record["train"] += train
             record["eval"] += evals
             print(gpu_table(train, "train step"), gpu_table(evals, "evaluation"), sep="\n\n")
@@ -842,7 +874,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5, help="seeds per method in the sweeps and the accuracy check")
     ap.add_argument("--sweep-epochs", type=float, default=5,
                     help="epochs of every sweep trial (rte.yaml trains 10; 5 keeps the default run short)")
-    ap.add_argument("--compile", action="store_true", help="also time the step under torch.compile (minutes)")
+    ap.add_argument("--compile", action="store_true", help="also time the step under torch.compile (minutes; on a "
+                                                           "GPU with static widths and CUDA graphs)")
     ap.add_argument("--render", action="store_true", help="only rewrite RESULTS.md from RESULTS.json (no measuring)")
     ap.add_argument("--device", choices=("cuda", "cpu"),
                     help="run the GPU section instead, on this device (cpu: a check of its code path, e.g. with "
@@ -912,7 +945,7 @@ def gpu_main(args, out: Path) -> None:
         batch, packs = int(fields.pop("batch", 8)), tuple(int(k) for k in fields.pop("packs", "4").split("/"))
         shapes["custom"] = ("llama", {k: int(v) for k, v in fields.items()}, batch, packs)
     os.chdir(ROOT)
-    record = gpu_run(shapes, args.device, args.tokenizer, args.quick)
+    record = gpu_run(shapes, args.device, args.tokenizer, args.quick, COMPILE_WARMUP if args.compile else 0)
     print(gpu_targets(record))
     if args.device == "cuda" and not args.quick:
         stored = json.loads(out.with_suffix(".json").read_text())
