@@ -967,32 +967,33 @@ def _smollm_installed() -> bool:
 # What the rows above mean for the defaults, as read from the committed run (kept here so --render writes it again;
 # revisit when a rerun changes the picture).
 NOTES = """
-- **This run (2026-12-01) shared the 2 cores with a full test run** (load 4.2 at its end): the matmul peak was a
-  third of an idle run's (bf16 516-707 GFLOP/s against 1567-2280 on 2026-11-22), so absolute rates are low and the
-  utilisation column, measured against that low peak, reads high (SmolLM2's 56% is an artefact of it). The ratios
-  were timed in turns and hold better.
-- **bf16 frozen backbone: pays.** About 2.0x over fp32 at the same padding (2.3x on 2026-11-22), for +0.0 points of
-  mean accuracy over 5 seeds (the table above). The prompt, its optimizer state and the loss stay fp32.
+- **This run (2026-12-01 13:15 UTC) had the machine to itself** (load 0.1 before; 2.0 at its end, its own two
+  trials). This host's CPU has native bf16 (avx512_bf16) but a lower matmul peak than 2026-11-22's host (bf16
+  727-833 GFLOP/s against 1567-2280), so the utilisation column, measured against this host's peak, reads about
+  twice as high as on 2026-11-22 for similar examples/s.
+- **bf16 frozen backbone: pays.** 2.7-2.8x over fp32 at the same padding on this host (2.3x on 2026-11-22), for
+  +0.0 points of mean accuracy over 5 seeds (the table above). The prompt, its optimizer state and the loss stay
+  fp32.
 - **Dynamic padding and length-grouped batches: pay.** Padding falls from 66% of the positions (fixed 256) to 47%
-  (dynamic) and 23% (grouped): about 1.6x and a further 1.4x in bf16. Grouping is seeded, so a seed's data order is
+  (dynamic) and 23% (grouped): about 1.8x and a further 1.5x in bf16. Grouping is seeded, so a seed's data order is
   still its own. On a GPU, widths also round up to a multiple of 64 (train.pad_to_multiple_of; 1 on a CPU).
-- **Eager attention for bf16 on CPU: pays; SDPA does not.** SDPA in bf16 is about 30% slower here (40% on
-  2026-11-22), so ptray picks eager for bf16 backbones on CPU (SDPA stays the choice for fp32 and GPUs).
-- **Seed packing: little per step on this CPU, most in the sweep.** K=5 gave 1.02x per seed in training (1.02x on
-  2026-11-22 as well) and 1.07x in evaluation. Since 2026-11-30 each seed's rows get their own pass on a CPU, so a
-  packed seed computes exactly what it would alone (before, a pack's shared evaluation chunks gave about 1.6x). A
-  2-core CPU is compute-bound per token, so sharing weight reads and per-step overhead saves little; a GPU is where it
-  should pay most (see the GPU section). Its real win here is the sweep: one trial per config instead of one per
-  seed, so start-up is paid once per pack.
+- **Eager attention for bf16 on CPU: pays; SDPA does not.** SDPA in bf16 is about 40% slower here (40% on
+  2026-11-22 as well), so ptray picks eager for bf16 backbones on CPU (SDPA stays the choice for fp32 and GPUs).
+- **Seed packing: nothing per step on this CPU, most in the sweep.** K=5 gave 0.98x per seed in training (1.02x on
+  2026-11-22) and 1.05x in evaluation. Since 2026-11-30 each seed's rows get their own pass on a CPU, so a packed
+  seed computes exactly what it would alone. A 2-core CPU is compute-bound per token, so sharing weight reads and
+  per-step overhead saves little; a GPU is where it should pay most (see the GPU section). Its real win here is the
+  sweep: one trial per config instead of one per seed, so start-up is paid once per pack.
 - **torch.compile: does not pay.** Not timed in this run (`--compile`); on 2026-11-22 0.98x per step (1.06x the run
   before) for a 14 s first step per process; a short prompt-tuning trial trains for tens of seconds, so it stays off.
-- **Utilisation: the 50% target is not met (18% here, 22% idle on 2026-11-22).** MiniLM's matrices are small (hidden
-  384, ~1000 tokens per step) and a large share of a step is memory-bound work (attention softmax, LayerNorm, GELU,
-  the prompt's concatenation); the peak is a 4096^3 matmul.
-- **Overhead: the 15% target is met by the core and by long enough sweeps, not by this short `ptray tune` sweep.**
-  The cost outside train/eval is mostly fixed: imports in the driver and in every trial, Ray start-up, the backbone
-  load, MLflow logging and the table. On this benchmark's 5-epoch sweep (109 s here, 70 s idle) that is 23% (37%
-  idle); the core alone (no Ray, no MLflow) 9% (15%).
+- **Utilisation: the 50% target is not met (45% here, against this host's lower peak; 22% on 2026-11-22's).**
+  MiniLM's matrices are small (hidden 384, ~1000 tokens per step) and a large share of a step is memory-bound work
+  (attention softmax, LayerNorm, GELU, the prompt's concatenation); the peak is a 4096^3 matmul.
+- **Overhead: the 15% target is met by the core, not by this short `ptray tune` sweep.** The cost outside
+  train/eval is mostly fixed: imports in the driver and in every trial, Ray start-up, the backbone load, MLflow
+  logging and the table. On this benchmark's 5-epoch sweep (79 s; 70 s on 2026-11-22) that is 27% (37%); the core
+  alone (no Ray, no MLflow) 10% (15%). The sweep is 4.4x the naive one against 5.3x on 2026-11-22: the packs'
+  compute rose (115 s against 87) since each packed seed got its own CPU pass on 2026-11-30.
 """
 
 
