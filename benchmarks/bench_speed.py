@@ -161,11 +161,12 @@ class TorchEngine:
 def ptray_step(cfg, fixed: int | None = None, compile_backbone: dict | None = None, read_loss: bool = False,
                bare: bool = False):
     """ptray's train step (Loop.micro_step: the loop's own padding, forward, fp32 loss, DeepSpeed backward and optimizer
-    step) of one seed on the config's own training batches; `fixed` pads each batch to that width instead;
-    compile_backbone runs the backbone's pass under torch.compile with these options; read_loss reads the loss back each step
-    (as the loop did before train.read_loss_every; the shipped loop reads every 10 steps on a GPU, and the timing here
-    waits for the GPU every few steps); bare bypasses the DeepSpeed engine (TorchEngine). Positions count the longest row's width (train.pad_to_multiple_of's rounding
-    on a GPU is not in them, so the GPU table shows no padding share)."""
+    step) of one seed on the config's own training batches. `fixed` pads each batch to that width instead;
+    compile_backbone runs the backbone's pass under torch.compile with these options; read_loss reads the loss back
+    each step (as the loop did before train.read_loss_every; the shipped loop reads every 10 steps on a GPU, and the
+    timing here waits for the GPU every few steps); bare bypasses the DeepSpeed engine (TorchEngine). Positions count
+    the longest row's width (train.pad_to_multiple_of's rounding on a GPU is not in them, so the GPU table shows no
+    padding share)."""
     from ptray.core.data import collate
     from ptray.core.train import build_loop, prepare
 
@@ -484,7 +485,8 @@ def gpu_throughput(shape: str, folder: Path, batch: int, packs: tuple[int, ...],
     """Train-step and evaluation rows of one backbone: HF PEFT (bf16, fixed padding, torch's attention defaults) as the
     reference, ptray one seed as shipped, with train.pad_to_multiple_of set, with cuDNN attention back on, and seed
     packs (counted per seed-example), all in bf16 on FewGLUE RTE; for the train step also ptray reading its loss each
-    step, with fused AdamW, with the DeepSpeed engine bypassed and (compile_warmup > 0) under torch.compile. Each row also counts the host syncs of one more call (host_syncs)."""
+    step, with fused AdamW, with the DeepSpeed engine bypassed and (compile_warmup > 0) under torch.compile. Each row
+    also counts the host syncs of one more call (host_syncs)."""
     base = [f"model.name={folder}", f"model.device={device}", "model.dtype=bf16", f"train.batch_size={batch}",
             *overrides]
     cfg = rte(*base)
@@ -513,7 +515,8 @@ def gpu_throughput(shape: str, folder: Path, batch: int, packs: tuple[int, ...],
         name = f"ptray seed pack K={k} (per seed-example)"
         train[name], evals[name] = packed_step(cfg, k)
     params = non_embedding_params(backbone)
-    train_rows = rows(shape, interleaved(train, rounds, steps, warmup, device), PEFT_TRAIN, params, 4, peak, batch=batch)
+    train_rows = rows(shape, interleaved(train, rounds, steps, warmup, device), PEFT_TRAIN, params, 4, peak,
+                      batch=batch)
     eval_rows = rows(shape, interleaved(evals, rounds, 1, 1, device), PEFT_EVAL, params, 2, peak, batch=batch)
     for found, variants in ((train_rows, train), (eval_rows, evals)):
         for r in found:
@@ -614,8 +617,8 @@ def gpu_section(gpu: dict | None) -> list[str]:
              gpu_table(gpu["eval"], "evaluation")]
     sites = sync_sites(gpu)
     if sites:
-        parts += ["", "### Host syncs left in ptray's shipped train step and evaluation (torch.cuda.set_sync_debug_mode; "
-                  "file:line of the Python call)", "", *sites]
+        parts += ["", "### Host syncs left in ptray's shipped train step and evaluation "
+                  "(torch.cuda.set_sync_debug_mode; file:line of the Python call)", "", *sites]
     if gpu.get("first_steps"):
         parts += ["", "### First steps of experiments/gpu_*.yaml (`ptray train`, random-init backbones of the same "
                   "architecture)", "", "| config | backbone | status | steps | s per step (first included) | load s | "

@@ -131,6 +131,15 @@ def test_joint_pass_gradient_is_each_seeds_own(data_dir, tiny_models, method, mo
         assert sum(v.grad.abs().sum() for v in m.parameters() if v.requires_grad and v.grad is not None) > 0
 
 
+def run_to_end(loop: Loop) -> Loop:
+    """The loop run through, its DeepSpeed engine closed whatever happens."""
+    try:
+        loop.run()
+    finally:
+        close_engine(loop.engine)
+    return loop
+
+
 # --- failures, resume, refusals ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def separate(data_dir):
@@ -145,10 +154,7 @@ def test_a_diverging_seed_fails_alone(data_dir, separate):
     loop = build_loop(cfgs, prepare(cfgs[0]))
     with torch.no_grad():
         loop.seeds[1].model.method.prompt.fill_(float("nan"))
-    try:
-        loop.run()
-    finally:
-        close_engine(loop.engine)
+    run_to_end(loop)
     assert loop.failed == {1: "loss diverged (nan) at step 1"}
     for i in (0, 2):
         assert [h["loss"] for h in loop.seeds[i].history] == losses(separate[i])
@@ -173,11 +179,7 @@ def test_losses_read_every_n_steps_fail_a_seed_at_the_step_it_diverged(data_dir,
                     method.prompt.fill_(float("nan"))
 
         method.on_step = break_after_step_2
-        try:
-            loop.run()
-        finally:
-            close_engine(loop.engine)
-        return loop
+        return run_to_end(loop)
 
     every_step, every_4 = run(1), run(4)
     for loop in (every_step, every_4):
@@ -202,10 +204,7 @@ def _rank_with_a_broken_prompt(rank: int, port: int, data_dir: str, out: str) ->
     if rank == 1:
         with torch.no_grad():
             loop.seeds[0].model.method.prompt.fill_(float("nan"))
-    try:
-        loop.run()
-    finally:
-        close_engine(loop.engine)
+    run_to_end(loop)
     (Path(out) / f"rank{rank}.json").write_text(json.dumps({"failed": loop.failed, "steps": loop.seeds[0].steps_done}))
 
 
@@ -219,8 +218,13 @@ def test_ranks_fail_a_seed_at_the_same_step(data_dir, tmp_path):
              for r in (0, 1)]
     for r in ranks:
         r.start()
-    for r in ranks:
-        r.join(timeout=300)
+    try:
+        for r in ranks:
+            r.join(timeout=300)
+    finally:
+        for r in ranks:  # a rank still waiting in a collective is a failure, not a process left behind
+            if r.is_alive():
+                r.kill()
     assert [r.exitcode for r in ranks] == [0, 0]
     for rank in (0, 1):
         assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {

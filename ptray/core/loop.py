@@ -322,7 +322,7 @@ class Loop:
                 torch.nn.utils.clip_grad_norm_(self.seeds[i].trainable_params(), self.tc.max_grad_norm)
         self.engine.step()
 
-    def read_losses(self, bar=None) -> None:
+    def read_losses(self, bar) -> None:
         """Book every unread step: one host sync reads all their losses. A seed whose loss went bad (NaN, inf, above
         train.max_loss) fails at that step, and its later steps are not booked. With several ranks a loss is the mean
         over the ranks' micro-batches: every rank then fails a seed at the same step (a rank that stopped a seed alone
@@ -353,7 +353,7 @@ class Loop:
                 seed.examples_seen += sum(rows for _, rows in entries) * self.world
                 seed.book(step, seed_values, lr)
                 booked.append(seed.history[-1]["loss"])
-        if bar is not None and booked:
+        if booked:
             bar.set_postfix(loss=f"{np.mean(booked):.4f}")
 
     def evaluate(self, role: str, which: list[int]) -> dict[int, dict]:
