@@ -15,8 +15,8 @@ from conftest import REPO, free_port, tiny_config
 from ptray.config import ConfigError, config_from_dict, load_config
 from ptray.core import backbone as bb
 from ptray.core.data import Encoder, collate
-from ptray.core.engine import close_engine
-from ptray.core.loop import Loop, RandomStream, SeedRun
+from ptray.core.engine import close_engine, init_distributed
+from ptray.core.loop import Loop, RandomStream, SeedRun, clip_gradient
 from ptray.core.model import option_loss
 from ptray.core.packing import PackedModel, check_pack
 from ptray.core.train import build_loop, build_model, prepare, train, train_seeds
@@ -229,6 +229,31 @@ def test_ranks_fail_a_seed_at_the_same_step(data_dir, tmp_path):
     for rank in (0, 1):
         assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {
             "failed": {"0": "loss diverged (nan) at step 1"}, "steps": 0}
+
+
+def test_a_seeds_gradient_is_clipped_in_deepspeeds_arithmetic():
+    # The loop's sync-free clipping gives DeepSpeed's clip_grad_norm_ (on one rank) bit for bit, so seeds keep the
+    # numbers they had when DeepSpeed clipped them.
+    from deepspeed.runtime.utils import clip_grad_norm_
+
+    init_distributed(torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    # A gradient under the max norm (left as it is), and 20 over it (scaled down): torch's own clip_grad_norm_ rounds
+    # the norm differently, and about one draw in six of these shapes (a 20-token prompt, a head bias) tells them apart.
+    for scale in [0.01] + [10.0] * 20:
+        ours, theirs = ([torch.nn.Parameter(torch.zeros(shape)) for shape in ((20, 384), (384,))] for _ in range(2))
+        for x, y in zip(ours, theirs):
+            x.grad = torch.randn(x.shape, generator=g) * scale
+            y.grad = x.grad.clone()
+        before = [x.grad.clone() for x in ours]
+        clip_gradient(ours, 1.0)
+        clip_grad_norm_(theirs, 1.0)
+        assert all(torch.equal(x.grad, y.grad) for x, y in zip(ours, theirs))
+        norm = torch.cat([x.grad.flatten() for x in ours]).norm().item()
+        if scale > 1:
+            assert norm == pytest.approx(1.0, rel=1e-5)
+        else:
+            assert all(torch.equal(x.grad, b) for x, b in zip(ours, before)) and norm < 1
 
 
 def test_the_loss_read_resolves_per_device_and_is_recorded(data_dir, separate):

@@ -57,6 +57,21 @@ def loss_fn(model, batch, perturbation=None, scores=None) -> torch.Tensor:
     return loss
 
 
+def clip_gradient(params: list[torch.nn.Parameter], max_norm: float) -> None:
+    """Scale the parameters' gradient to at most `max_norm` (L2, as one vector), in the arithmetic of DeepSpeed's
+    clip_grad_norm_ on one rank, so a seed's numbers are those it had when DeepSpeed clipped it. Unlike that function
+    it neither builds tensors from host values nor all-reduces the norm (the gradients are already averaged over the
+    ranks), so the host does not wait for the GPU. torch's clip_grad_norm_ rounds the norm differently: the
+    quickstart's vanilla mean moved from 0.6904 to 0.6896 under it."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    norm = torch.stack([g.detach().float().norm(2) for g in grads]).pow(2).sum().float().pow(0.5)
+    coef = torch.clamp(torch.full_like(norm, max_norm) / (norm + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(coef)
+
+
 @torch.inference_mode()
 def predict(forward, items: list[Encoded], batch_size: int, rank: int = 0, world: int = 1) -> list[list[int]]:
     """Predicted option of every item by one or more models: `forward(list of Encoded)` returns one [B, K] score
@@ -318,8 +333,8 @@ class Loop:
         # and parameters (no frozen weight takes a gradient), so the other seeds train on as they would alone.
         self.engine.backward(total)
         if self.clip_per_seed and self.tc.max_grad_norm is not None and self.engine.is_gradient_accumulation_boundary():
-            for i in self.active():  # each seed's gradient clipped on its own; torch's clipping needs no host sync
-                torch.nn.utils.clip_grad_norm_(self.seeds[i].trainable_params(), self.tc.max_grad_norm)
+            for i in self.active():  # each seed's gradient clipped on its own
+                clip_gradient(self.seeds[i].trainable_params(), self.tc.max_grad_norm)
         self.engine.step()
 
     def read_losses(self, bar) -> None:
