@@ -319,6 +319,10 @@ class TuneConfig(Strict):
     storage_path: str | None = Field(None, description="Ray Tune storage: a folder, NFS or s3://... Unset: the "
                                                        "experiment folder's ray/.")
     keep_checkpoints: int = Field(4, ge=2, description="Checkpoints Ray Tune keeps per trial.")
+    reuse_actors: bool = Field(True, description="Start a trial in the process of an ended one with the same "
+                                                 "resources (Ray Tune's reuse_actors), which skips the process start "
+                                                 "and the imports of torch, transformers and DeepSpeed. false: a "
+                                                 "fresh process per trial.")
 
     @field_validator("search")
     @classmethod

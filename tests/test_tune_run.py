@@ -13,7 +13,7 @@ from tune_util import write_config
 @pytest.mark.slow
 def test_grid_search_then_confirm_on_fresh_seeds(data_dir, tmp_path):
     tune = {"seeds": [0, 1], "search": {"method.num_tokens": [4, 8]}, "baseline": {"method.num_tokens": 8},
-            "confirm": {"top_k": 1, "num_seeds": 1}}
+            "confirm": {"top_k": 1, "num_seeds": 1}, "max_concurrent": 1}
     config = write_config(tmp_path / "grid.yaml", data_dir, tune)
     out = tmp_path / "exp"
     p = run_ptray("tune", config, "--output", out)
@@ -49,6 +49,11 @@ def test_grid_search_then_confirm_on_fresh_seeds(data_dir, tmp_path):
     assert all(r["status"] == "ok" for r in confirmed.values())
 
     assert (out / "mlflow.db").is_file() and (out / "ray" / "search").is_dir()
+    # One trial after the other, each in the process the last one ended in (tune.reuse_actors): Tune's log of each
+    # trial records the process that ran it.
+    pids = {json.loads(line)["pid"] for log in (out / "ray" / "search").glob("*/result.json")
+            for line in log.read_text().splitlines()}
+    assert len(list((out / "ray" / "search").glob("*/result.json"))) == 4 and len(pids) == 1, pids
     for label in ("method.num_tokens=4", "method.num_tokens=8"):
         assert label in p.stdout
     assert "grid-confirm" in p.stdout and "search: 4/4 trials ended" in p.stdout

@@ -640,7 +640,8 @@ class _Runner:
                 tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                             num_samples=1 if param_space else count,
                                             max_concurrent_trials=self._concurrency(scheduler),
-                                            trial_dirname_creator=_trial_dirname),
+                                            trial_dirname_creator=_trial_dirname,
+                                            reuse_actors=self.plan.tune.reuse_actors),
                 run_config=tune.RunConfig(
                     name=name, storage_path=self.storage, callbacks=callbacks, verbose=0 if self.console else 1,
                     failure_config=tune.FailureConfig(max_failures=self.plan.tune.max_failures),
