@@ -322,7 +322,7 @@ class TuneConfig(Strict):
     reuse_actors: bool = Field(True, description="Start a trial in the process of an ended one with the same "
                                                  "resources (Ray Tune's reuse_actors), which skips the process start "
                                                  "and the imports of torch, transformers and DeepSpeed. false: a "
-                                                 "fresh process per trial.")
+                                                 "fresh process per trial, as always with resources.workers > 1.")
 
     @field_validator("search")
     @classmethod

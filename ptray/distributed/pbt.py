@@ -41,12 +41,13 @@ class _KeepsIdentity:
 
 def _forget_abandoned_save(tune_controller, trial) -> None:
     """Synchronous PBT exploits a member that may still be saving for its pause at the boundary (on a busy machine the
-    save's reply comes after the last member's boundary result). Ray 2.60 then pauses it by stopping its actor, and
+    save's reply comes after the last member's boundary result). Ray 2.60 then pauses it by stopping it, and
     `TuneController._schedule_trial_stop` caches a STOP for the save it abandons (tune_controller.py: `if
     trial.is_saving: self._cached_trial_decisions[...] = STOP`). That save's reply is discarded with the actor's
-    futures, so the STOP stays until the member's next save: the first report after it restarts from the donor's
-    state. There the STOP ends the member, which never files its result (issue #16). The member is paused and its
-    actor gone, so no save of it is in flight: any decision still cached for it belongs to the abandoned one."""
+    futures (whether the actor ends or is kept for another trial), so the STOP stays until the member's next save: the
+    first report after it restarts from the donor's state. There the STOP ends the member, which never files its
+    result (issue #16). The member is paused and holds no actor, so no save of it is in flight: any decision still
+    cached for it belongs to the abandoned one."""
     if trial.status != Trial.PAUSED:
         return
     controller = getattr(tune_controller, "_tune_controller", tune_controller)  # Tune hands schedulers a wrapper

@@ -641,7 +641,9 @@ class _Runner:
                                             num_samples=1 if param_space else count,
                                             max_concurrent_trials=self._concurrency(scheduler),
                                             trial_dirname_creator=_trial_dirname,
-                                            reuse_actors=self.plan.tune.reuse_actors),
+                                            # A stopped Ray Train trial's run goes on inside its process: a fresh
+                                            # process per trial ends it with the trial's own.
+                                            reuse_actors=self.plan.tune.reuse_actors and self.spec.workers == 1),
                 run_config=tune.RunConfig(
                     name=name, storage_path=self.storage, callbacks=callbacks, verbose=0 if self.console else 1,
                     failure_config=tune.FailureConfig(max_failures=self.plan.tune.max_failures),
