@@ -57,12 +57,18 @@ def ray_head():
             time.sleep(3)
         yield url, env
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # ray start --block stops the processes it started
+        # ray start --block stops the processes it started, after draining the node through its GCS: a SIGTERM to the
+        # whole group would stop the GCS too, and the drain would wait 30 s for it.
+        head.terminate()
         try:
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
+            pass
+        try:
+            os.killpg(head.pid, signal.SIGKILL)  # whatever of the group is left
+        except ProcessLookupError:
+            pass
+        head.wait()
 
 
 @pytest.mark.slow
