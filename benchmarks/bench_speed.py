@@ -724,6 +724,11 @@ print(json.dumps(results))
 """
 
 
+# `ptray tune` with a trial per seed, each in the process of an ended trial (as shipped) or in a fresh one.
+PER_SEED_SWEEPS = {"per_seed": ("train.seed_pack=1",),
+                   "per_seed_fresh": ("train.seed_pack=1", "tune.reuse_actors=false")}
+
+
 def sweep_summary(results: list[dict], wall: float, slots: int) -> dict:
     """Wall time, compute and overhead of a sweep from its seeds' result.json; packed seeds share their pack's
     timings, so each pack counts once."""
@@ -749,14 +754,15 @@ def packed_sweep(epochs: float) -> dict:
     return sweep_summary(json.loads(proc.stdout.strip().splitlines()[-1]), wall, 1)
 
 
-def ptray_sweep(workdir: Path, epochs: float) -> dict:
-    """`ptray tune` over method x 5 seeds in bf16 (train.seed_pack 5), run as a user runs it, timed from the command
-    to its exit (imports, Ray, DeepSpeed and MLflow start-up included)."""
-    exp = workdir / "ptray"
+def ptray_sweep(workdir: Path, epochs: float, name: str, *overrides: str) -> dict:
+    """`ptray tune` over method x 5 seeds in bf16 (a trial per method, each a seed pack of 5, unless overrides say
+    otherwise), run as a user runs it, timed from the command to its exit (imports, Ray, DeepSpeed and MLflow start-up
+    included)."""
+    exp = workdir / name
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "ptray.cli", "tune", str(RTE), "--output", str(exp), "model.dtype=bf16",
                     f"train.epochs={epochs}", f"train.seed_pack={len(SEEDS)}", f"tune.seeds={json.dumps(SEEDS)}",
-                    'tune.search={"method.name": ["vanilla", "residual"]}'], cwd=ROOT, check=True)
+                    'tune.search={"method.name": ["vanilla", "residual"]}', *overrides], cwd=ROOT, check=True)
     wall = time.perf_counter() - t0
     results = [json.loads(f.read_text()) for f in sorted(exp.glob("runs/*/seed*/result.json"))]
     return sweep_summary(results, wall, os.cpu_count())
@@ -852,6 +858,11 @@ def write_results(record: dict, path: Path, notes: str) -> None:
                  naive)]
         if ours:
             rows.append(("ptray tune (bf16, length-grouped; a trial per method, each a seed pack of 5)", ours))
+        if sweeps.get("per_seed"):
+            rows += [("ptray tune, a trial per seed (train.seed_pack 1), each in the process of an ended trial",
+                      sweeps["per_seed"]),
+                     ("ptray tune, a trial per seed, each in a fresh process (tune.reuse_actors false)",
+                      sweeps["per_seed_fresh"])]
         if packed:
             rows.append(("ptray core alone: train_seeds, 2 packs of 5 seeds in one fresh process (no Ray, no MLflow)",
                          packed))
@@ -924,7 +935,9 @@ def main() -> None:
     if "sweep" in sections:
         with tempfile.TemporaryDirectory(prefix="ptray-bench-") as tmp:
             record["sweeps"] = {"naive": naive_sweep(Path(tmp), args.sweep_epochs),
-                                "ptray": ptray_sweep(Path(tmp), args.sweep_epochs),
+                                "ptray": ptray_sweep(Path(tmp), args.sweep_epochs, "ptray"),
+                                **{key: ptray_sweep(Path(tmp), args.sweep_epochs, key, *overrides)
+                                   for key, overrides in PER_SEED_SWEEPS.items()},
                                 "packed": packed_sweep(args.sweep_epochs), "epochs": args.sweep_epochs}
         print(json.dumps(record["sweeps"]))
     info["load_after"] = load_average()
