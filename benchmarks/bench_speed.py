@@ -983,33 +983,38 @@ def _smollm_installed() -> bool:
 # What the rows above mean for the defaults, as read from the committed run (kept here so --render writes it again;
 # revisit when a rerun changes the picture).
 NOTES = """
-- **This run (2026-12-01 13:15 UTC) had the machine to itself** (load 0.1 before; 2.0 at its end, its own two
-  trials). This host's CPU has native bf16 (avx512_bf16) but a lower matmul peak than 2026-11-22's host (bf16
-  727-833 GFLOP/s against 1567-2280), so the utilisation column, measured against this host's peak, reads about
-  twice as high as on 2026-11-22 for similar examples/s.
+- **This run (2026-12-01 16:21 UTC) had the machine to itself**: nothing else ran during it; its load of 1.6 before is
+  the 1-minute average of the test suite that had ended a minute earlier (1.9 at its end: its own two trials). This
+  host's CPU has native bf16 (avx512_bf16) but a lower matmul peak than 2026-11-22's host (bf16 821-858 GFLOP/s
+  against 1567-2280), so the utilisation column, measured against this host's peak, reads about twice as high as on
+  2026-11-22 for similar examples/s.
 - **bf16 frozen backbone: pays.** 2.7-2.8x over fp32 at the same padding on this host (2.3x on 2026-11-22), for
   +0.0 points of mean accuracy over 5 seeds (the table above). The prompt, its optimizer state and the loss stay
   fp32.
 - **Dynamic padding and length-grouped batches: pay.** Padding falls from 66% of the positions (fixed 256) to 47%
-  (dynamic) and 23% (grouped): about 1.8x and a further 1.5x in bf16. Grouping is seeded, so a seed's data order is
+  (dynamic) and 23% (grouped): about 1.7x and a further 1.5x in bf16. Grouping is seeded, so a seed's data order is
   still its own. On a GPU, widths also round up to a multiple of 64 (train.pad_to_multiple_of; 1 on a CPU).
 - **Eager attention for bf16 on CPU: pays; SDPA does not.** SDPA in bf16 is about 40% slower here (40% on
   2026-11-22 as well), so ptray picks eager for bf16 backbones on CPU (SDPA stays the choice for fp32 and GPUs).
-- **Seed packing: nothing per step on this CPU, most in the sweep.** K=5 gave 0.98x per seed in training (1.02x on
-  2026-11-22) and 1.05x in evaluation. Since 2026-11-30 each seed's rows get their own pass on a CPU, so a packed
-  seed computes exactly what it would alone. A 2-core CPU is compute-bound per token, so sharing weight reads and
-  per-step overhead saves little; a GPU is where it should pay most (see the GPU section). Its real win here is the
-  sweep: one trial per config instead of one per seed, so start-up is paid once per pack.
+- **Seed packing: little per step on this CPU, most in the sweep.** K=5 gave 1.03x per seed in training (0.98x the
+  run before, 1.02x on 2026-11-22) and 1.00x in evaluation. Since 2026-11-30 each seed's rows get their own pass on a
+  CPU, so a packed seed computes exactly what it would alone. A 2-core CPU is compute-bound per token, so sharing
+  weight reads and per-step overhead saves little; a GPU is where it should pay most (see the GPU section). Its real
+  win here is the sweep: one trial per config instead of one per seed, so start-up is paid once per pack.
+- **A trial in the process of an ended one (tune.reuse_actors, on by default): pays.** With a trial per seed (10
+  trials on 2 slots), the sweep took 77 s against 102 s with a fresh process per trial (1.32x; overhead 25% against
+  44%), for the same accuracies: a reused process skips the process start and the imports of torch, transformers and
+  DeepSpeed. On this CPU a trial per seed in reused processes then costs what the packs cost (77 s both).
 - **torch.compile: does not pay.** Not timed in this run (`--compile`); on 2026-11-22 0.98x per step (1.06x the run
   before) for a 14 s first step per process; a short prompt-tuning trial trains for tens of seconds, so it stays off.
-- **Utilisation: the 50% target is not met (45% here, against this host's lower peak; 22% on 2026-11-22's).**
+- **Utilisation: the 50% target is not met (42% here, against this host's lower peak; 22% on 2026-11-22's).**
   MiniLM's matrices are small (hidden 384, ~1000 tokens per step) and a large share of a step is memory-bound work
   (attention softmax, LayerNorm, GELU, the prompt's concatenation); the peak is a 4096^3 matmul.
 - **Overhead: the 15% target is met by the core, not by this short `ptray tune` sweep.** The cost outside
-  train/eval is mostly fixed: imports in the driver and in every trial, Ray start-up, the backbone load, MLflow
-  logging and the table. On this benchmark's 5-epoch sweep (79 s; 70 s on 2026-11-22) that is 27% (37%); the core
-  alone (no Ray, no MLflow) 10% (15%). The sweep is 4.4x the naive one against 5.3x on 2026-11-22: the packs'
-  compute rose (115 s against 87) since each packed seed got its own CPU pass on 2026-11-30.
+  train/eval is mostly fixed: imports in the driver and in every new trial process, Ray start-up, the backbone load,
+  MLflow logging and the table. On this benchmark's 5-epoch sweep (77 s; 70 s on 2026-11-22) that is 27% (37%); the
+  core alone (no Ray, no MLflow) 11% (15%). The sweep is 4.5x the naive one against 5.3x on 2026-11-22: the packs'
+  compute rose (113 s against 87) since each packed seed got its own CPU pass on 2026-11-30.
 """
 
 
