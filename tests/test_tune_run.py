@@ -51,9 +51,9 @@ def test_grid_search_then_confirm_on_fresh_seeds(data_dir, tmp_path):
     assert (out / "mlflow.db").is_file() and (out / "ray" / "search").is_dir()
     # One trial after the other, each in the process the last one ended in (tune.reuse_actors): Tune's log of each
     # trial records the process that ran it.
-    pids = {json.loads(line)["pid"] for log in (out / "ray" / "search").glob("*/result.json")
-            for line in log.read_text().splitlines()}
-    assert len(list((out / "ray" / "search").glob("*/result.json"))) == 4 and len(pids) == 1, pids
+    logs = list((out / "ray" / "search").glob("*/result.json"))
+    pids = {json.loads(line)["pid"] for log in logs for line in log.read_text().splitlines()}
+    assert len(logs) == 4 and len(pids) == 1, pids
     for label in ("method.num_tokens=4", "method.num_tokens=8"):
         assert label in p.stdout
     assert "grid-confirm" in p.stdout and "search: 4/4 trials ended" in p.stdout
